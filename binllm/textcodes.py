@@ -1,0 +1,74 @@
+"""Codes as text an LLM can read.
+
+* bit strings: ``'0101...'``, one character per dimension, dimension 0 first;
+* dotted decimal: every 8 dimensions one number 0-255 (first dimension = most
+  significant bit) joined by ``'.'``; 32 bits look like an IPv4 address.
+
+Formatting returns ``list[str]`` (``out='list'``), a fixed-width numpy bytes
+array (``out='array'``, no Python object per row) or ``(buffer, offsets)``
+(``out='buffer'``: uint8 bytes and int64 (n+1,) offsets). Parsing is strict
+(right length, only valid characters, numbers 0-255 without leading zeros,
+zero tail bits) and names the bad row. CUDA codes are copied to the host once
+(they are small) and formatted by the CPU core.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import _backend, _core
+
+_OUTS = ("list", "array", "buffer")
+
+
+def _host_codes(codes: Any) -> np.ndarray:
+    if _backend.is_torch(codes) and codes.device.type != "cpu":
+        codes = codes.detach().cpu()
+    arr, _ = _backend.host_view("codes", codes)
+    return arr
+
+
+def to_bits(codes: Any, d: int, out: str = "list") -> Any:
+    """Bit strings of packed codes (n, ceil(d/8)): d characters each."""
+    return _core.format_bits(_host_codes(codes), d, out)
+
+
+def to_dotted(codes: Any, d: int, out: str = "list") -> Any:
+    """Dotted-decimal strings of packed codes (n, ceil(d/8)): ceil(d/8) numbers each."""
+    return _core.format_dotted(_host_codes(codes), d, out)
+
+
+def _texts(texts: Any) -> Any:
+    if isinstance(texts, np.ndarray) and texts.dtype.kind == "U":
+        try:
+            return texts.astype("S")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"texts[{_first_non_ascii(texts)}] has non-ASCII characters; codes are ASCII") from e
+    return texts
+
+
+def _first_non_ascii(texts: np.ndarray) -> int:
+    for i, t in enumerate(texts.tolist()):
+        if not str(t).isascii():
+            return i
+    return -1
+
+
+def from_bits(texts: Sequence[str] | np.ndarray, d: int) -> np.ndarray:
+    """Parses bit strings (list of str/bytes, or numpy 'S'/'U' array) into uint8 (n, ceil(d/8))."""
+    return _core.parse_bits(_texts(texts), d)
+
+
+def from_dotted(texts: Sequence[str] | np.ndarray, d: int) -> np.ndarray:
+    """Parses dotted-decimal strings into uint8 (n, ceil(d/8))."""
+    return _core.parse_dotted(_texts(texts), d)
+
+
+def format_codes(codes: Any, d: int, style: str, out: str = "list") -> Any:
+    """``to_bits`` for style 'bits', ``to_dotted`` for style 'dotted'."""
+    if style == "bits":
+        return to_bits(codes, d, out)
+    if style == "dotted":
+        return to_dotted(codes, d, out)
+    raise ValueError(f"style must be 'bits' or 'dotted'; got {style!r}")

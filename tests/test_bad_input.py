@@ -1,0 +1,74 @@
+"""One table: every public code function x bad input -> error type, and the
+message names the argument."""
+import numpy as np
+import pytest
+import torch
+
+import binllm
+
+C32 = np.zeros((3, 4), np.uint8)
+X = np.zeros((3, 32), np.float32)
+
+CASES = [
+    # (call, exception, words the message must contain)
+    (lambda: binllm.pack_signs(np.zeros((3, 4), np.int32)), TypeError, ["x must be", "int32"]),
+    (lambda: binllm.pack_signs(np.zeros(5, np.float32)), TypeError, ["x must be", "(5,)"]),
+    (lambda: binllm.pack_signs(np.zeros((2, 2, 2), np.float32)), TypeError, ["x must be"]),
+    (lambda: binllm.pack_signs(np.zeros((3, 0), np.float32)), ValueError, ["x must have at least one column"]),
+    (lambda: binllm.pack_signs([[1.0, 2.0]]), TypeError, ["x must be a numpy array or a torch tensor"]),
+    (lambda: binllm.pack_signs(np.array([[1.0, np.nan]])), ValueError, ["x contains NaN at row 0, column 1"]),
+    (lambda: binllm.pack_signs(torch.tensor([[1.0, float("nan")]], dtype=torch.bfloat16)), ValueError, ["x contains NaN"]),
+    (lambda: binllm.unpack_signs(C32, 33), ValueError, ["codes has 4 bytes per row but d=33 needs 5"]),
+    (lambda: binllm.unpack_signs(C32, 32, dtype="int64"), ValueError, ["dtype must be one of"]),
+    (lambda: binllm.unpack_signs(C32, 32, dtype="bfloat16"), ValueError, ["dtype='bfloat16' needs torch"]),
+    (lambda: binllm.unpack_bits(C32.astype(np.int8), 32), TypeError, ["codes must be a 2-D uint8"]),
+    (lambda: binllm.unpack_bits(C32, 0), ValueError, ["d must be a positive"]),
+    (lambda: binllm.unpack_bits(np.full((2, 1), 0xFF, np.uint8), 7), ValueError, ["codes row 0 has bits set past dimension d=7"]),
+    (lambda: binllm.dot_rows(C32, C32[:2], 32), ValueError, ["a and b must have the same number of rows"]),
+    (lambda: binllm.dot_rows(C32, X, 32), TypeError, ["b must be a 2-D uint8"]),
+    (lambda: binllm.hamming_rows(C32.ravel(), C32, 32), TypeError, ["a must be a 2-D uint8", "(12,)"]),
+    (lambda: binllm.dot_all(C32, np.zeros((3, 5), np.uint8), 32), ValueError, ["b has 5 bytes per row"]),
+    (lambda: binllm.dot_all(C32, C32, 64), ValueError, ["a has 4 bytes per row but d=64"]),
+    (lambda: binllm.dot_all(C32, C32, 32, out_dtype="float32"), ValueError, ["out_dtype must be 'int32' or 'int16'"]),
+    (lambda: binllm.hamming_all(np.zeros((1, 4097), np.uint8), np.zeros((1, 4097), np.uint8), 32776, out_dtype="int16"), ValueError, ["out_dtype='int16' needs d <= 32767"]),
+    (lambda: binllm.topk(C32, C32, 32, 4), ValueError, ["k must be <= the number of items (3)"]),
+    (lambda: binllm.topk(C32, C32, 32, 0), ValueError, ["k must be >= 1"]),
+    (lambda: binllm.topk(C32, C32[:, :3], 32, 1), ValueError, ["items has 3 bytes per row"]),
+    (lambda: binllm.topk(C32.astype(np.float32), C32, 32, 1), TypeError, ["queries must be a 2-D uint8"]),
+    (lambda: binllm.to_bits(C32, 40), ValueError, ["codes has 4 bytes per row but d=40"]),
+    (lambda: binllm.to_dotted(C32, 32, out="str"), ValueError, ["out must be 'list', 'array' or 'buffer'"]),
+    (lambda: binllm.to_dotted("1.2.3.4", 32), TypeError, ["codes must be a numpy array or a torch tensor"]),
+    (lambda: binllm.from_bits("0101", 4), TypeError, ["texts must be a list of str"]),
+    (lambda: binllm.from_bits(["0101", 5], 4), TypeError, ["texts[1] must be str or bytes"]),
+    (lambda: binllm.from_bits(["0101"], 0), ValueError, ["d must be a positive"]),
+    (lambda: binllm.from_dotted(np.zeros((2, 2), "S3"), 8), TypeError, ["texts must be"]),
+    (lambda: binllm.from_dotted(np.array(["1.2", "1.é"]), 16), ValueError, ["texts[1] has non-ASCII"]),
+    (lambda: binllm.from_dotted(["1.2.3"], 32), ValueError, ["texts[0]", "too few numbers", "'1.2.3'"]),
+    (lambda: binllm.format_codes(C32, 32, style="hex"), ValueError, ["style must be 'bits' or 'dotted'"]),
+    (lambda: binllm.set_backend("tpu"), ValueError, ["name must be None, 'cpu' or 'cuda'"]),
+    (lambda: binllm.set_cpu_variant("avx1024"), ValueError, ["name: unknown CPU variant"]),
+]
+
+
+@pytest.mark.parametrize("call,exc,words", CASES, ids=[str(i) for i in range(len(CASES))])
+def test_bad_input(call, exc, words):
+    with pytest.raises(exc) as info:
+        call()
+    for w in words:
+        assert w in str(info.value), (w, str(info.value))
+
+
+def test_cuda_tensor_without_cuda_build_is_clear():
+    import importlib.util
+
+    if importlib.util.find_spec("binllm._cuda") is not None:
+        pytest.skip("this build has the CUDA module")
+
+    class FakeCudaTensor:  # the dispatcher only looks at .device; no GPU needed to test the message
+        __module__ = "torch.fake"
+        device = torch.device("cuda", 0)
+
+    with pytest.raises(RuntimeError, match="no CUDA backend"):
+        binllm.pack_signs(FakeCudaTensor())
+    with pytest.raises(ValueError, match="inputs must be on one device; got a on cpu, b on cuda:0"):
+        binllm.dot_all(C32, FakeCudaTensor(), 32)
