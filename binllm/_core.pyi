@@ -21,6 +21,7 @@ def score_all(
     d: int,
     kind: Literal["dot", "hamming"] = "dot",
     out_dtype: Literal["int32", "int16"] = "int32",
+    out: np.ndarray | None = None,
 ) -> np.ndarray: ...
 def topk(
     queries: npt.NDArray[np.uint8], items: npt.NDArray[np.uint8], d: int, k: int

@@ -132,6 +132,120 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- pretrain / encode
+
+
+def _pretrain_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="runs/data", help="prepared dataset folder (binllm prepare)")
+    p.add_argument("--out", default="runs/hash", help="output folder: checkpoint, code book, metrics")
+    p.add_argument("--mf", action="store_true", help="also train the continuous MF baseline")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument("--d", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-5)
+    p.add_argument("--beta-step", type=float, default=0.02)
+    p.add_argument("--max-epochs", type=int, default=400)
+    p.add_argument("--patience", type=int, default=80)
+    p.add_argument("--mf-d", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def pretrain(data_dir: str, out: str, cfg, mf_cfg=None, resume: bool = False, progress: bool = True) -> dict:
+    """Trains the hash model (and optionally MF), writes the code book and metrics; returns the metrics."""
+    import dataclasses
+    from pathlib import Path
+
+    import numpy as np
+
+    import binllm
+
+    from . import data, hashing
+    from .codebook import CodeBook
+
+    prep = data.load_prepared(data_dir)
+    out_p = Path(out)
+    results = {}
+    te = hashing.SplitTensors.of(prep, "test")
+    for name, c in (("hash", cfg), ("mf", mf_cfg)):
+        if c is None:
+            continue
+        res = hashing.train(prep, c, out_p / name, resume=resume, progress=progress)
+        m = hashing.evaluate(res.model, te)
+        m.update(best_epoch=res.best_epoch, epochs=res.epochs_run, valid_auc=res.best_valid_auc,
+                 seconds=res.seconds, seconds_per_epoch=res.seconds / max(res.epochs_run, 1))
+        if name == "hash":
+            cb = CodeBook.from_model(res.model, prep, dataclasses.asdict(c), m)
+            cb.save(out_p / "codebook.safetensors")
+            bal = binllm.balance(cb.item_codes[1:], c.d)
+            m["item_bit_balance"] = [round(float(x), 3) for x in bal]
+            m["user_bit_balance"] = [round(float(x), 3) for x in binllm.balance(cb.user_codes[1:], c.d)]
+            m["distinct_user_codes"] = int(len(np.unique(cb.user_codes[1:], axis=0)))
+            m["distinct_item_codes"] = int(len(np.unique(cb.item_codes[1:], axis=0)))
+        results[name] = m
+    _write_json(out_p / "metrics.json", results)
+    return results
+
+
+def _write_json(path, obj) -> None:
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=float))
+    os.replace(tmp, path)
+
+
+@command("pretrain", "train the hash model (and the MF baseline with --mf); write the code book")
+@_configure(_pretrain_args)
+def _pretrain(args: argparse.Namespace) -> int:
+    from . import metrics
+    from .hashing import HashConfig
+
+    cfg = HashConfig(d=args.d, lr=args.lr, weight_decay=args.weight_decay, beta_step=args.beta_step,
+                     max_epochs=args.max_epochs, patience=args.patience, seed=args.seed)
+    mf = HashConfig(model="mf", d=args.mf_d, lr=1e-3, weight_decay=1e-4, max_epochs=args.max_epochs,
+                    patience=10, seed=args.seed) if args.mf else None
+    res = pretrain(args.data, args.out, cfg, mf, resume=args.resume)
+    print(metrics.table({("BinMF (hash codes)" if k == "hash" else "MF"): v for k, v in res.items()}))
+    h = res["hash"]
+    print(f"hash: best epoch {h['best_epoch']} of {h['epochs']}, {h['seconds_per_epoch']:.3f} s/epoch, "
+          f"{h['distinct_user_codes']} distinct user codes, {h['distinct_item_codes']} item codes; wrote {args.out}")
+    return 0
+
+
+def _encode_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--codebook", default="runs/hash/codebook.safetensors")
+    p.add_argument("--style", choices=["dotted", "bits"], default="dotted")
+    p.add_argument("--out", default="runs/hash/codes.tsv", help="TSV: side, slot, raw id, code")
+
+
+@command("encode", "write every user's and item's code string (bits or dotted) to a TSV file")
+@_configure(_encode_args)
+def _encode(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    from .codebook import CodeBook
+
+    cb = CodeBook.load(args.codebook)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    n = 0
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("side\tslot\tid\tcode\n")
+        for side, ids in (("user", cb.user_ids), ("item", cb.item_ids)):
+            strings = cb.strings(side, args.style)
+            for slot in tqdm(range(1, len(ids)), desc=f"{side} codes", leave=False):
+                f.write(f"{side}\t{slot}\t{ids[slot]}\t{strings[slot]}\n")
+                n += 1
+    os.replace(tmp, out)
+    print(f"wrote {n} {args.style} codes (d={cb.d}) to {out}")
+    return 0
+
+
 # ---------------------------------------------------------------- entry
 
 

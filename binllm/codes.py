@@ -82,12 +82,14 @@ def _pairs(kind: str, a: Any, b: Any, d: int) -> Any:
     return _backend.like(_core.score_pairs(aa, bb, d, kind), a)
 
 
-def _all(kind: str, a: Any, b: Any, d: int, out_dtype: str) -> Any:
+def _all(kind: str, a: Any, b: Any, d: int, out_dtype: str, out: Any) -> Any:
     if _backend.backend_for(a=a, b=b) == "cuda":
-        return _cuda("score_all", a, b, d, kind, out_dtype)
+        return _cuda("score_all", a, b, d, kind, out_dtype, out)
     aa, _ = _backend.host_view("a", a)
     bb, _ = _backend.host_view("b", b)
-    return _backend.like(_core.score_all(aa, bb, d, kind, out_dtype), a)
+    o = None if out is None else _backend.host_view("out", out)[0]
+    res = _core.score_all(aa, bb, d, kind, out_dtype, o)
+    return out if out is not None else _backend.like(res, a)
 
 
 def dot_rows(a: Any, b: Any, d: int) -> Any:
@@ -100,14 +102,17 @@ def hamming_rows(a: Any, b: Any, d: int) -> Any:
     return _pairs("hamming", a, b, d)
 
 
-def dot_all(a: Any, b: Any, d: int, out_dtype: str = "int32") -> Any:
-    """+-1 inner products of all pairs: (n, m) int32, or int16 (half the bytes; d <= 32767)."""
-    return _all("dot", a, b, d, out_dtype)
+def dot_all(a: Any, b: Any, d: int, out_dtype: str = "int32", out: Any = None) -> Any:
+    """+-1 inner products of all pairs: (n, m) int32, or int16 (half the bytes; d <= 32767).
+
+    `out`, a C-contiguous (n, m) array of `out_dtype`, is filled and returned
+    instead of a new array (repeated calls then skip page faults of fresh memory)."""
+    return _all("dot", a, b, d, out_dtype, out)
 
 
-def hamming_all(a: Any, b: Any, d: int, out_dtype: str = "int32") -> Any:
-    """Hamming distances of all pairs: (n, m) int32 or int16 (d <= 32767)."""
-    return _all("hamming", a, b, d, out_dtype)
+def hamming_all(a: Any, b: Any, d: int, out_dtype: str = "int32", out: Any = None) -> Any:
+    """Hamming distances of all pairs: (n, m) int32 or int16 (d <= 32767); `out` as in :func:`dot_all`."""
+    return _all("hamming", a, b, d, out_dtype, out)
 
 
 def topk(queries: Any, items: Any, d: int, k: int) -> tuple[Any, Any]:

@@ -250,7 +250,7 @@ def read_amazon(reviews: str | os.PathLike, meta: str | os.PathLike, year: int |
     if year is not None:
         lo = int(pd.Timestamp(f"{year}-01-01", tz="UTC").timestamp())
         hi = int(pd.Timestamp(f"{year + 1}-01-01", tz="UTC").timestamp())
-    bar = tqdm(unit=" reviews", unit_scale=True, desc=f"read {reviews.name}", disable=not progress)
+    bar = tqdm(unit=" reviews", unit_scale=True, desc=f"read {reviews.name}", disable=None if progress else True)
     for batch in _json_batches(reviews, cols, block_size):
         total += batch.num_rows
         ok = pc.and_(pc.and_(pc.is_valid(batch["overall"]), pc.is_valid(batch["reviewerID"])),

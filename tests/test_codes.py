@@ -221,3 +221,16 @@ def test_threads_setting(rng):
     finally:
         binllm.set_num_threads(0)
     assert binllm.num_threads() == before
+
+
+def test_all_scores_into_out_buffer(rng):
+    d = 40
+    a, b = random_codes(rng, 7, d), random_codes(rng, 9, d)
+    for dt in ("int32", "int16"):
+        buf = np.full((7, 9), 99, dtype=dt)
+        got = binllm.dot_all(a, b, d, out_dtype=dt, out=buf)
+        assert got is buf
+        np.testing.assert_array_equal(buf, d - 2 * ref_hamming_all(a, b, d))
+    t = torch.zeros(7, 9, dtype=torch.int32)
+    assert binllm.hamming_all(torch.from_numpy(a), torch.from_numpy(b), d, out=t) is t
+    np.testing.assert_array_equal(t.numpy(), ref_hamming_all(a, b, d))

@@ -163,24 +163,39 @@ py::array score_pairs_py(const py::handle& a, const py::handle& b, int64_t d, co
   return out;
 }
 
+// An output buffer the caller owns: C-contiguous, writable, (n, m) of `dtype`.
+template <class T>
+py::array_t<T> output_matrix(const py::object& out, int64_t n, int64_t m, const char* dtype) {
+  if (out.is_none()) return new_array<T>({n, m});
+  py::array a = as_array(out, "out", "a C-contiguous writable numpy array");
+  if (!py::isinstance<py::array_t<T>>(a) || a.dtype().kind() != py::dtype::of<T>().kind() ||
+      a.itemsize() != int64_t(sizeof(T)))
+    type_error(std::string("out must be ") + dtype + " to match out_dtype; got " + describe(a));
+  if (a.ndim() != 2 || a.shape(0) != n || a.shape(1) != m)
+    value_error("out must have shape (" + std::to_string(n) + ", " + std::to_string(m) + "); got " + shape_str(a));
+  if (!(a.flags() & py::array::c_style) || !a.writeable())
+    value_error("out must be C-contiguous and writable");
+  return py::reinterpret_borrow<py::array_t<T>>(a);
+}
+
 py::array score_all_py(const py::handle& a, const py::handle& b, int64_t d, const std::string& kind,
-                       const std::string& out_dtype) {
+                       const std::string& out_dtype, const py::object& out) {
   const ScoreKind k = parse_kind(kind);
   const Codes ca = check_codes(a, "a", d), cb = check_codes(b, "b", d);
   if (out_dtype == "int32") {
-    auto out = new_array<int32_t>({ca.n, cb.n});
-    int32_t* dst = out.mutable_data();
+    auto res = output_matrix<int32_t>(out, ca.n, cb.n, "int32");
+    int32_t* dst = res.mutable_data();
     py::gil_scoped_release nogil;
     score_all_i32(k, ca.ptr, ca.ld, ca.n, cb.ptr, cb.ld, cb.n, d, dst);
-    return out;
+    return std::move(res);
   }
   if (out_dtype == "int16") {
     if (d > 32767) value_error("out_dtype='int16' needs d <= 32767; got d=" + std::to_string(d));
-    auto out = new_array<int16_t>({ca.n, cb.n});
-    int16_t* dst = out.mutable_data();
+    auto res = output_matrix<int16_t>(out, ca.n, cb.n, "int16");
+    int16_t* dst = res.mutable_data();
     py::gil_scoped_release nogil;
     score_all_i16(k, ca.ptr, ca.ld, ca.n, cb.ptr, cb.ld, cb.n, d, dst);
-    return out;
+    return std::move(res);
   }
   value_error("out_dtype must be 'int32' or 'int16'; got '" + out_dtype + "'");
 }
@@ -365,7 +380,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("unpack", &unpack_py, py::arg("codes"), py::arg("d"), py::arg("dtype") = "float32");
   m.def("score_pairs", &score_pairs_py, py::arg("a"), py::arg("b"), py::arg("d"), py::arg("kind") = "dot");
   m.def("score_all", &score_all_py, py::arg("a"), py::arg("b"), py::arg("d"), py::arg("kind") = "dot",
-        py::arg("out_dtype") = "int32");
+        py::arg("out_dtype") = "int32", py::arg("out") = py::none());
   m.def("topk", &topk_py, py::arg("queries"), py::arg("items"), py::arg("d"), py::arg("k"));
   m.def("format_bits", &format_bits_py, py::arg("codes"), py::arg("d"), py::arg("out") = "list");
   m.def("format_dotted", &format_dotted_py, py::arg("codes"), py::arg("d"), py::arg("out") = "list");

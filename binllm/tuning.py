@@ -1,0 +1,212 @@
+"""LoRA tuning of a causal LM on Yes/No prompts, through the Hugging Face Trainer.
+
+The loss is BCE-with-logits on the " Yes" logit at the last prompt position
+(the reference) or cross-entropy on the answer token; evaluation rounds score
+``valid_small`` and keep the adapter with the best AUC, with early stopping.
+Because this is the stock ``Trainer``, ``torchrun --nproc-per-node N`` and
+``accelerate launch`` run it on many GPUs (or CPU processes with gloo) with no
+code change; checkpoints land in ``out_dir/checkpoints`` and an interrupted run
+resumes from the last one. Two-step tuning is two calls: the second starts
+from the first call's adapter (``init_adapter``) and keeps training it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import metrics
+from .scoring import answer_token_ids, collate_left, last_logits
+
+
+@dataclass
+class TuneConfig:
+    """LoRA and optimisation settings.
+
+    Args:
+        lora_r, lora_alpha, lora_dropout, target_modules: the adapter (reference: 8, 16, 0.05, q_proj+v_proj).
+        lr: peak learning rate (AdamW, warmup then cosine decay).
+        batch_size: prompts per device and step; grad_accum: steps accumulated per update.
+        max_steps: optimizer updates at most.
+        eval_steps: updates between evaluation rounds on valid_small (and checkpoints).
+        patience: evaluation rounds without a better valid AUC before stopping.
+        warmup_steps, weight_decay: AdamW schedule and decay (reference wd 1e-3).
+        loss: 'bce' (on the Yes logit, the reference) or 'ce' (cross-entropy on the answer token).
+        eval_batch_size: prompts per forward pass when evaluating.
+        seed: data order and LoRA init.
+    """
+
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    lr: float = 1e-3
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_steps: int = 300
+    eval_steps: int = 50
+    patience: int = 20
+    warmup_steps: int = 20
+    weight_decay: float = 1e-3
+    loss: str = "bce"
+    eval_batch_size: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("bce", "ce"):
+            raise ValueError(f"loss must be 'bce' or 'ce'; got {self.loss!r}")
+        for name in ("lora_r", "batch_size", "grad_accum", "max_steps", "eval_steps", "patience", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0; got {self.lr}")
+        self.target_modules = tuple(self.target_modules)
+
+
+@dataclass
+class PromptSet:
+    """Tokenized prompts with their labels and users (for UAUC)."""
+
+    ids: list[list[int]]
+    labels: np.ndarray
+    users: np.ndarray
+
+    def __post_init__(self) -> None:
+        if not (len(self.ids) == len(self.labels) == len(self.users)):
+            raise ValueError("ids, labels and users must have one entry per prompt")
+        if len(self.ids) == 0:
+            raise ValueError("a prompt set is empty; nothing to train or evaluate on")
+
+
+class _Rows:
+    """A map-style dataset over a PromptSet."""
+
+    def __init__(self, s: PromptSet):
+        self.s = s
+
+    def __len__(self) -> int:
+        return len(self.s.ids)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input_ids": self.s.ids[i], "labels": float(self.s.labels[i]), "users": int(self.s.users[i])}
+
+
+class _Collator:
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, batch: Sequence[dict]) -> dict:
+        import torch
+
+        ids, mask, pos = collate_left([b["input_ids"] for b in batch], self.pad_id)
+        return {"input_ids": ids, "attention_mask": mask, "position_ids": pos,
+                "labels": torch.tensor([b["labels"] for b in batch], dtype=torch.float32),
+                "users": torch.tensor([b["users"] for b in batch], dtype=torch.long)}
+
+
+def _trainer_class():
+    import torch
+    from transformers import Trainer
+
+    class YesNoTrainer(Trainer):
+        """Trainer whose loss and predictions use the answer logits at the last position."""
+
+        def __init__(self, *args, yes_id: int, no_id: int, loss_kind: str, **kw):
+            super().__init__(*args, **kw)
+            self.yes_id, self.no_id, self.loss_kind = yes_id, no_id, loss_kind
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs["labels"]
+            logits = last_logits(model, inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"]).float()
+            yes = logits[:, self.yes_id]
+            if self.loss_kind == "bce":
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(yes, labels)
+            else:
+                target = torch.where(labels > 0.5, self.yes_id, self.no_id)
+                loss = torch.nn.functional.cross_entropy(logits, target)
+            return (loss, yes) if return_outputs else loss
+
+        def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+            inputs = self._prepare_inputs(inputs)
+            with torch.no_grad():
+                loss, yes = self.compute_loss(model, inputs, return_outputs=True)
+            both = torch.stack([inputs["labels"], inputs["users"].float()], -1)
+            return loss.detach(), yes.detach(), both
+
+    return YesNoTrainer
+
+
+def _compute_metrics(pred) -> dict:
+    scores = np.asarray(pred.predictions).reshape(-1)
+    lab = np.asarray(pred.label_ids).reshape(-1, 2)
+    y, u = lab[:, 0].astype(np.int64), lab[:, 1].astype(np.int64)
+    a = metrics.auc(y, scores)
+    ua = metrics.uauc(u, y, scores)[0]
+    return {"auc": float(a) if np.isfinite(a) else 0.5, "uauc": float(ua) if np.isfinite(ua) else 0.5}
+
+
+@dataclass
+class TuneResult:
+    model: Any
+    adapter_dir: Path
+    history: list[dict] = field(default_factory=list)
+    best_auc: float | None = None
+
+
+def tune(base_model: Any, tokenizer: Any, train: PromptSet, valid: PromptSet, cfg: TuneConfig,
+         out_dir: str | os.PathLike, init_adapter: str | os.PathLike | None = None, meta: dict | None = None,
+         progress: bool = True, use_cpu: bool | None = None, bf16: bool = False) -> TuneResult:
+    """Trains a LoRA adapter (new, or continuing `init_adapter`) and saves the best one.
+
+    Returns the tuned peft model (best adapter loaded), the adapter folder
+    ``out_dir/adapter`` (with ``binllm.json``: the config, `meta` such as the
+    prompt config and code book fingerprint, and the evaluation history)."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import EarlyStoppingCallback, TrainingArguments
+    from transformers.trainer_utils import get_last_checkpoint
+
+    yes_id, no_id = answer_token_ids(tokenizer)
+    out = Path(out_dir)
+    if init_adapter is not None:
+        if not (Path(init_adapter) / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"init_adapter {init_adapter} has no adapter_config.json")
+        model = PeftModel.from_pretrained(base_model, str(init_adapter), is_trainable=True)
+    else:
+        torch.manual_seed(cfg.seed)
+        model = get_peft_model(base_model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                                      lora_dropout=cfg.lora_dropout,
+                                                      target_modules=list(cfg.target_modules), task_type="CAUSAL_LM"))
+    if use_cpu is None:
+        use_cpu = not torch.cuda.is_available()
+    args = TrainingArguments(
+        output_dir=str(out / "checkpoints"), per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr, weight_decay=cfg.weight_decay, lr_scheduler_type="cosine",
+        warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps, eval_strategy="steps", eval_steps=cfg.eval_steps,
+        save_strategy="steps", save_steps=cfg.eval_steps, save_total_limit=2, load_best_model_at_end=True,
+        metric_for_best_model="auc", greater_is_better=True, logging_steps=max(1, min(10, cfg.eval_steps)),
+        report_to=[], use_cpu=use_cpu, bf16=bf16, seed=cfg.seed, data_seed=cfg.seed,
+        remove_unused_columns=False, dataloader_num_workers=0, ddp_find_unused_parameters=False,
+        disable_tqdm=not progress, label_names=["labels", "users"], save_only_model=False)
+    trainer = _trainer_class()(
+        model=model, args=args, train_dataset=_Rows(train), eval_dataset=_Rows(valid),
+        data_collator=_Collator(tokenizer.pad_token_id), compute_metrics=_compute_metrics,
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience)],
+        yes_id=yes_id, no_id=no_id, loss_kind=cfg.loss)
+    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    trainer.train(resume_from_checkpoint=last)
+    history = [h for h in trainer.state.log_history if "eval_auc" in h]
+    adapter = out / "adapter"
+    trainer.save_model(str(adapter))
+    if trainer.is_world_process_zero():
+        info = {"tune_config": asdict(cfg), "meta": meta or {}, "history": history,
+                "best_auc": trainer.state.best_metric, "init_adapter": str(init_adapter) if init_adapter else None}
+        tmp = adapter / "binllm.json.tmp"
+        tmp.write_text(json.dumps(info, indent=1, default=str))
+        os.replace(tmp, adapter / "binllm.json")
+    return TuneResult(trainer.model, adapter, history, trainer.state.best_metric)

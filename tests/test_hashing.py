@@ -1,0 +1,154 @@
+"""The hash model: STE gradients, beta schedule, training, checkpoints/resume,
+determinism, code books, and that exported codes reproduce the model's scores."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+import binllm
+from binllm import data, hashing
+from binllm.codebook import CodeBook
+from binllm.hashing import HashConfig
+
+
+@pytest.fixture(scope="module")
+def prep():
+    return data.prepare(data.read_ml100k(), "ml-100k")
+
+
+def test_sign_ste_forward_and_backward():
+    x = torch.tensor([-2.0, -0.5, -0.0, 0.0, 0.5, 2.0], requires_grad=True)
+    y = hashing.sign_ste(x)
+    assert y.tolist() == [-1, -1, 1, 1, 1, 1]
+    g = torch.arange(6, dtype=torch.float32)
+    y.backward(g)
+    assert torch.equal(x.grad, g)  # identity
+    x.grad = None
+    hashing.sign_ste(x, clip=True).backward(g)
+    assert x.grad.tolist() == [0, 1, 2, 3, 4, 0]
+
+
+def test_ste_passes_gradient_into_projection():
+    m = hashing.HashModel(5, 5, 8)
+    out = m(torch.tensor([1, 2]), torch.tensor([3, 4]), beta=1.0)
+    assert set(out.detach().abs().tolist()) <= set(range(0, 9))
+    out.sum().backward()
+    assert m.user_proj.weight.grad.abs().sum() > 0 and m.item_emb.weight.grad.abs().sum() > 0
+
+
+def test_beta_schedule():
+    c = HashConfig(beta_step=0.25, beta_every=2)
+    assert [c.beta(e) for e in range(12)] == [0, 0, 0.25, 0.25, 0.5, 0.5, 0.75, 0.75, 1, 1, 1, 1]
+    assert HashConfig(model="mf").beta(100) == 0.0
+
+
+def test_mixing_uses_binary_with_probability_beta():
+    m = hashing.HashModel(3, 3, 4)
+    h = torch.full((1000, 64), 0.3)
+    g = torch.Generator().manual_seed(0)
+    mixed = m._mix(h, 0.25, g)
+    share = (mixed == 1).float().mean().item()
+    assert 0.22 < share < 0.28
+    assert torch.equal(mixed.unique(), torch.tensor([0.3, 1.0]))
+
+
+def small_cfg(**kw):
+    base = dict(d=32, lr=1e-2, weight_decay=1e-3, max_epochs=6, beta_step=0.25, patience=50, seed=3)
+    base.update(kw)
+    return HashConfig(**base)
+
+
+def test_train_learns_and_codes_reproduce_scores(prep, tmp_path):
+    res = hashing.train(prep, small_cfg(), tmp_path, progress=False)
+    assert res.best_valid_auc > 0.6
+    te = hashing.SplitTensors.of(prep, "test")
+    model_scores = hashing.predict(res.model, te)
+    cb = CodeBook.from_model(res.model, prep, {}, {})
+    cb.save(tmp_path / "codes.safetensors")
+    back = CodeBook.load(tmp_path / "codes.safetensors")
+    packed_scores = back.scores(te.u.numpy(), te.i.numpy())
+    np.testing.assert_array_equal(packed_scores, model_scores.astype(np.int32))
+    np.testing.assert_array_equal(model_scores, np.round(model_scores))
+    back.check_dataset(prep)
+    assert back.strings("user", "dotted")[1].count(".") == 3
+
+
+def test_deterministic_and_resume_equals_uninterrupted(prep, tmp_path):
+    cfg = small_cfg(max_epochs=4)
+    full = hashing.train(prep, cfg, tmp_path / "a", progress=False)
+    again = hashing.train(prep, cfg, tmp_path / "b", progress=False)
+    part = hashing.train(prep, cfg, tmp_path / "c", progress=False, max_epochs=2)
+    assert part.epochs_run == 2
+    resumed = hashing.train(prep, cfg, tmp_path / "c", resume=True, progress=False)
+    for other in (again, resumed):
+        np.testing.assert_array_equal(full.model.packed_codes("user"), other.model.packed_codes("user"))
+        np.testing.assert_array_equal(full.model.packed_codes("item"), other.model.packed_codes("item"))
+        assert [h["loss"] for h in full.history] == [h["loss"] for h in other.history]
+    with pytest.raises(ValueError, match="another config"):
+        hashing.train(prep, dataclasses.replace(cfg, lr=0.5), tmp_path / "c", resume=True, progress=False)
+
+
+def test_mf_baseline_trains(prep):
+    res = hashing.train(prep, HashConfig(model="mf", d=64, lr=1e-2, weight_decay=1e-4, max_epochs=3), None,
+                        progress=False)
+    losses = [h["loss"] for h in res.history]
+    assert len(losses) == 3 and losses[2] < losses[0] and np.isfinite(res.best_valid_auc)
+
+
+def test_nan_loss_stops_with_clear_message(prep, tmp_path):
+    cfg = small_cfg(max_epochs=3)
+    hashing.train(prep, cfg, tmp_path, progress=False, max_epochs=1)
+    good = (tmp_path / "checkpoint.pt").read_bytes()
+    orig = hashing.HashModel.forward
+
+    def broken(self, u, i, beta=1.0, gen=None):
+        return orig(self, u, i, beta, gen) * float("nan")
+
+    hashing.HashModel.forward = broken
+    try:
+        with pytest.raises(FloatingPointError, match="loss became nan at epoch 1.*last good checkpoint"):
+            hashing.train(prep, cfg, tmp_path, resume=True, progress=False)
+    finally:
+        hashing.HashModel.forward = orig
+    assert (tmp_path / "checkpoint.pt").read_bytes() == good
+
+
+def test_codebook_validation(prep, tmp_path):
+    u = np.zeros((3, 4), np.uint8)
+    with pytest.raises(ValueError, match="user_codes has 4 bytes per code but d=40 needs 5"):
+        CodeBook(u, u, 40, np.array(["", "a", "b"]), np.array(["", "a", "b"]))
+    with pytest.raises(ValueError, match="bits set past dimension d=30"):
+        CodeBook(np.full((3, 4), 255, np.uint8), u, 30, np.array(["", "a", "b"]), np.array(["", "a", "b"]))
+    cb = CodeBook(u, u, 32, np.array(["", "a", "b"], object), np.array(["", "a", "b"], object))
+    with pytest.raises(ValueError, match="code book does not match the dataset"):
+        cb.check_dataset(prep)
+    with pytest.raises(ValueError, match="iids must lie in 0..2"):
+        cb.scores(np.array([1]), np.array([7]))
+    (tmp_path / "junk.safetensors").write_bytes(b"not a file")
+    with pytest.raises(ValueError, match="is not a safetensors code book"):
+        CodeBook.load(tmp_path / "junk.safetensors")
+    with pytest.raises(FileNotFoundError):
+        CodeBook.load(tmp_path / "missing.safetensors")
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="model must be"):
+        HashConfig(model="lightgcn")
+    with pytest.raises(ValueError, match="d must be >= 1"):
+        HashConfig(d=0)
+
+
+def test_empty_split_is_an_error(prep):
+    import copy
+
+    p2 = copy.copy(prep)
+    p2.rows = prep.rows[prep.rows["flag"] != 0]
+    with pytest.raises(ValueError, match="the valid split is empty"):
+        hashing.train(p2, small_cfg(), None, progress=False)
+
+
+def test_bits_balance(prep):
+    res = hashing.train(prep, small_cfg(max_epochs=2), None, progress=False)
+    bal = binllm.balance(res.model.packed_codes("item")[1:], 32)
+    assert bal.shape == (32,) and ((bal >= 0) & (bal <= 1)).all()

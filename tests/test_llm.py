@@ -1,0 +1,217 @@
+"""Prompts, Yes/No scoring and LoRA tuning on a tiny in-code Llama."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from binllm import data, prompts, scoring, tuning
+from binllm.codebook import CodeBook
+from binllm.prompts import PromptBuilder, PromptConfig
+
+from tiny_llm import make_tiny_llm
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_llm(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture
+def lm(tiny):
+    return scoring.load_llm(str(tiny), dtype="float32", device="cpu")
+
+
+TITLES = np.array(["", "Alpha (1999)", "Beta (2000)", "Gamma (1990)"], object)
+
+
+def codebook(n_users=3, n_items=4, d=32):
+    rng = np.random.default_rng(0)
+    u = rng.integers(0, 256, (n_users, d // 8), dtype=np.uint8)
+    i = rng.integers(0, 256, (n_items, d // 8), dtype=np.uint8)
+    return CodeBook(u, i, d, np.array([""] + [f"u{k}" for k in range(1, n_users)], object),
+                    np.array([""] + [f"i{k}" for k in range(1, n_items)], object))
+
+
+def test_prompt_filling():
+    cb = codebook()
+    b = PromptBuilder(PromptConfig(kind="text_codes"), TITLES, cb)
+    p = b.build([1, 2], [3, 1], [np.array([1, 2]), np.array([], np.int32)])
+    ucode = ".".join(map(str, cb.user_codes[1]))
+    icode = ".".join(map(str, cb.item_codes[3]))
+    assert p[0] == ('#Question: A user has given high ratings to the following movies: "Alpha (1999)", "Beta (2000)". '
+                    "Additionally, we have information about the user's preferences encoded in the feature "
+                    f"{ucode}. Using all available information, make a prediction about whether the user would "
+                    f'enjoy the movie titled "Gamma (1990)" with the feature {icode}? Answer with "Yes" or "No". '
+                    "\n#Answer:")
+    assert "following movies: None." in p[1]
+    bits = PromptBuilder(PromptConfig(kind="codes", code_style="bits"), TITLES, cb).build([1], [2], [np.array([1])])
+    assert "".join(map(str, np.unpackbits(cb.user_codes[1]))) in bits[0] and "Alpha" not in bits[0]
+    # only the latest max_titles titles, oldest first
+    t = PromptBuilder(PromptConfig(kind="text", max_titles=2), TITLES, None).build([1], [1], [np.array([3, 1, 2])])
+    assert '"Alpha (1999)", "Beta (2000)"' in t[0] and "Gamma" not in t[0].split("titled")[0]
+    assert "books" in prompts.packaged_template("text", "book")
+
+
+def test_prompt_bad_input():
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['<UserCode>'\]"):
+        PromptConfig(template="<UserCode> <TargetItemTitle>")
+    with pytest.raises(ValueError, match="must contain <TargetItemTitle> or <TargetItemID>"):
+        PromptConfig(template="hello <ItemTitleList>")
+    with pytest.raises(ValueError, match="no codebook was given"):
+        PromptBuilder(PromptConfig(kind="text_codes"), TITLES, None)
+    with pytest.raises(ValueError, match="code_style must be"):
+        PromptConfig(code_style="hex")
+    with pytest.raises(ValueError, match="iids must lie in 0..3"):
+        PromptBuilder(PromptConfig(kind="text"), TITLES).build([1], [9], [np.array([1])])
+
+
+def test_answer_tokens_and_model_folder_errors(lm, tmp_path):
+    model, tok = lm
+    y, n = scoring.answer_token_ids(tok)
+    assert y != n
+    with pytest.raises(ValueError, match=r"yes answer . Yes please. is \d+ tokens"):
+        scoring.answer_token_ids(tok, yes=" Yes please")
+    with pytest.raises(FileNotFoundError, match="model folder not found"):
+        scoring.load_llm(str(tmp_path / "nope"))
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="has no tokenizer"):
+        scoring.load_llm(str(tmp_path / "m"))
+
+
+def manual_scores(model, tok, prompt_list, yes_id, no_id):
+    out = []
+    with torch.no_grad():
+        for p in prompt_list:
+            ids = torch.tensor([tok(p, add_special_tokens=False)["input_ids"]])
+            logits = model(input_ids=ids).logits[0, -1]
+            out.append((logits[yes_id].item(), torch.softmax(logits[[yes_id, no_id]], -1)[0].item()))
+    return np.array(out)
+
+
+def test_scoring_equals_manual_forward(lm):
+    model, tok = lm
+    ps = ['#Question: "Alpha (1999)"? Answer with "Yes" or "No". \n#Answer:',
+          '#Question: A user has given high ratings to "Beta (2000)", "Gamma (1990)". Will the user enjoy the movie '
+          'titled "Alpha (1999)" with the feature 1.2.3.4? Answer with "Yes" or "No". \n#Answer:',
+          "None Yes"] * 3
+    y, n = scoring.answer_token_ids(tok)
+    ref = manual_scores(model, tok, ps, y, n)
+    got = scoring.Scorer(model, tok, batch_size=4).score(ps)
+    np.testing.assert_allclose(got, ref[:, 0], rtol=1e-4, atol=1e-4)
+    got_p = scoring.Scorer(model, tok, mode="p_yes", batch_size=5).score(ps)
+    np.testing.assert_allclose(got_p, ref[:, 1], rtol=1e-4, atol=1e-5)
+
+
+def prompt_set(tok, n=48, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    # the label is readable from the prompt, so a few steps can learn it
+    ps = [f'#Question: "{"Alpha (1999)" if l else "Beta (2000)"}"? Answer with "Yes" or "No". \n#Answer:'
+          for l in labels]
+    return tuning.PromptSet(scoring.tokenize(tok, ps), labels, rng.integers(1, 5, n))
+
+
+def bce_on(model, tok, s):
+    y, _ = scoring.answer_token_ids(tok)
+    sc = scoring.Scorer(model, tok, batch_size=16)
+    yes = torch.tensor(sc.score_ids(s.ids))
+    return torch.nn.functional.binary_cross_entropy_with_logits(yes, torch.tensor(s.labels, dtype=torch.float32)).item()
+
+
+def test_tuning_lowers_loss_and_two_step_continues_adapter(tiny, tmp_path):
+    model, tok = scoring.load_llm(str(tiny), dtype="float32", device="cpu")
+    tr, va = prompt_set(tok, 48, 0), prompt_set(tok, 24, 1)
+    before = bce_on(model, tok, tr)
+    cfg = tuning.TuneConfig(lr=5e-2, batch_size=8, max_steps=6, eval_steps=3, warmup_steps=0, patience=5)
+    res = tuning.tune(model, tok, tr, va, cfg, tmp_path / "step1", meta={"prompt": "text"}, progress=False)
+    after = bce_on(res.model, tok, tr)
+    assert after < before
+    info = json.loads((res.adapter_dir / "binllm.json").read_text())
+    assert info["meta"] == {"prompt": "text"} and len(info["history"]) == 2 and "eval_auc" in info["history"][0]
+    # step 2: a fresh base model continues the same adapter
+    base2, _ = scoring.load_llm(str(tiny), dtype="float32", device="cpu")
+    from peft import PeftModel
+
+    start = PeftModel.from_pretrained(base2, str(res.adapter_dir))
+    a1 = {k: v.clone() for k, v in start.state_dict().items() if "lora_" in k}
+    base3, _ = scoring.load_llm(str(tiny), dtype="float32", device="cpu")
+    res2 = tuning.tune(base3, tok, tr, va, tuning.TuneConfig(lr=1e-3, batch_size=8, max_steps=2, eval_steps=2,
+                                                             warmup_steps=0), tmp_path / "step2",
+                       init_adapter=res.adapter_dir, progress=False)
+    a2 = {k: v for k, v in res2.model.state_dict().items() if "lora_" in k}
+    assert a1.keys() == a2.keys()
+    diffs = [(a1[k] - a2[k]).abs().max().item() for k in a1]
+    assert max(diffs) > 0  # it trained further ...
+    assert max(diffs) < 0.05  # ... starting from step 1's weights, not a fresh init
+    assert json.loads((res2.adapter_dir / "binllm.json").read_text())["init_adapter"] == str(res.adapter_dir)
+
+
+def test_tuning_resumes_from_checkpoint(tiny, tmp_path):
+    model, tok = scoring.load_llm(str(tiny), dtype="float32", device="cpu")
+    tr, va = prompt_set(tok, 32, 0), prompt_set(tok, 16, 1)
+    cfg = tuning.TuneConfig(lr=1e-2, batch_size=8, max_steps=2, eval_steps=2, warmup_steps=0)
+    tuning.tune(model, tok, tr, va, cfg, tmp_path, progress=False)
+    assert (tmp_path / "checkpoints" / "checkpoint-2").is_dir()
+    model, tok = scoring.load_llm(str(tiny), dtype="float32", device="cpu")
+    cfg4 = tuning.TuneConfig(lr=1e-2, batch_size=8, max_steps=4, eval_steps=2, warmup_steps=0)
+    res = tuning.tune(model, tok, tr, va, cfg4, tmp_path, progress=False)
+    steps = [h["step"] for h in res.history]
+    assert steps == [2, 4]  # step 2's evaluation came from the checkpoint, only steps 3-4 ran again
+
+
+def test_tune_config_and_empty_sets():
+    with pytest.raises(ValueError, match="loss must be"):
+        tuning.TuneConfig(loss="mse")
+    with pytest.raises(ValueError, match="a prompt set is empty"):
+        tuning.PromptSet([], np.zeros(0), np.zeros(0))
+
+
+DDP_SCRIPT = r'''
+import os, sys, json, numpy as np, torch
+sys.path.insert(0, sys.argv[2])
+from binllm import scoring, tuning
+folder, out = sys.argv[1], sys.argv[3]
+model, tok = scoring.load_llm(folder, dtype="float32", device="cpu")
+rng = np.random.default_rng(0)
+labels = rng.integers(0, 2, 32)
+ps = [f'"{"Alpha (1999)" if l else "Beta (2000)"}"? Answer with "Yes" or "No". \n#Answer:' for l in labels]
+s = tuning.PromptSet(scoring.tokenize(tok, ps), labels, rng.integers(1, 4, 32))
+cfg = tuning.TuneConfig(lr=1e-2, batch_size=4, max_steps=3, eval_steps=3, warmup_steps=0)
+res = tuning.tune(model, tok, s, s, cfg, out, progress=False)
+rank = int(os.environ["RANK"])
+import torch.distributed as dist
+with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+    json.dump({"world": dist.get_world_size() if dist.is_initialized() else 1, "backend": dist.get_backend() if dist.is_initialized() else None, "steps": [h["step"] for h in res.history]}, f)
+'''
+
+
+def test_torchrun_two_cpu_processes(tiny, tmp_path):
+    script = tmp_path / "ddp_tune.py"
+    script.write_text(DDP_SCRIPT)
+    out = tmp_path / "out"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+           str(script), str(tiny), str(Path(__file__).parent), str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{k}.json").read_text()) for k in (0, 1)]
+    assert all(x["world"] == 2 and x["backend"] == "gloo" and x["steps"] == [3] for x in ranks)
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("adapter")) == ["adapter"]
+
+
+@pytest.mark.slow
+def test_real_smollm2_scores_prompts():
+    model, tok = scoring.load_llm("smollm2", device="cpu")
+    prep = data.prepare(data.read_ml100k(), "ml-100k")
+    b = PromptBuilder(PromptConfig(kind="text"), prep.titles)
+    rows = np.flatnonzero(prep.mask("test"))[:8]
+    ps, labels = b.for_rows(prep, rows)
+    s = scoring.Scorer(model, tok, batch_size=4).score(ps)
+    assert s.shape == (8,) and np.isfinite(s).all() and len(set(np.round(s, 3))) > 1
