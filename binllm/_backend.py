@@ -1,7 +1,8 @@
 """The one place where an operation picks its backend.
 
 numpy arrays and CPU torch tensors go to the C++ CPU core (``binllm._core``);
-CUDA tensors go to the CUDA module (``binllm._cuda``) when it was built.
+CUDA tensors go to the CUDA backend (``binllm._cuda_backend`` over the
+``binllm._cuda_ext`` kernels) when it was built.
 Nothing is ever moved between devices silently. torch is never imported here:
 tensors are recognised by duck typing so that ``import binllm`` stays light.
 """
@@ -47,14 +48,14 @@ def set_backend(name: str | None) -> None:
 
 def cuda_module():
     try:
-        from . import _cuda  # type: ignore[attr-defined]
+        from . import _cuda_backend
     except ImportError as e:
         raise RuntimeError(
             "this binllm build has no CUDA backend, so CUDA tensors cannot be used; reinstall on a machine "
             "with nvcc (pip install --no-binary binllm binllm, or CMAKE_ARGS='-DBINLLM_CUDA=ON' pip install .), "
             "or move the tensors to the CPU yourself with .cpu()"
         ) from e
-    return _cuda
+    return _cuda_backend
 
 
 def backend_for(**arrays: Any) -> str:

@@ -246,6 +246,44 @@ def _encode(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- run
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="runs/ml100k", help="output folder; re-running resumes")
+    p.add_argument("--model", default="smollm2", help="'smollm2' (embedded default) or a local HF model folder")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--full", action="store_true", help="all rows and the paper's step settings (for a GPU)")
+    p.add_argument("--ablations", action="store_true", help="also codes-only, intuitive and bit-string rows")
+    p.add_argument("--train-rows", type=int)
+    p.add_argument("--valid-rows", type=int)
+    p.add_argument("--test-rows", type=int)
+    p.add_argument("--step1-steps", type=int)
+    p.add_argument("--step2-steps", type=int)
+    p.add_argument("--step1-lr", type=float)
+    p.add_argument("--step2-lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--eval-steps", type=int)
+    p.add_argument("--max-titles", type=int)
+    p.add_argument("--code-style", choices=["dotted", "bits"])
+    p.add_argument("--seed", type=int)
+
+
+@command("run", "the main job: prepare, hash model + MF, two-step LoRA tuning, evaluation (resumable)")
+@_configure(_run_args)
+def _run(args: argparse.Namespace) -> int:
+    from .pipeline import RunConfig, run
+
+    keys = ["out", "model", "device", "dtype", "ablations", "train_rows", "valid_rows", "test_rows", "step1_steps",
+            "step2_steps", "step1_lr", "step2_lr", "batch_size", "eval_steps", "max_titles", "code_style", "seed"]
+    kw = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    cfg = RunConfig.full(**kw) if args.full else RunConfig(**kw)
+    run(cfg)
+    print(f"results: {cfg.out}/results.md")
+    return 0
+
+
 # ---------------------------------------------------------------- entry
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -192,7 +193,7 @@ def tune(base_model: Any, tokenizer: Any, train: PromptSet, valid: PromptSet, cf
         metric_for_best_model="auc", greater_is_better=True, logging_steps=max(1, min(10, cfg.eval_steps)),
         report_to=[], use_cpu=use_cpu, bf16=bf16, seed=cfg.seed, data_seed=cfg.seed,
         remove_unused_columns=False, dataloader_num_workers=0, ddp_find_unused_parameters=False,
-        disable_tqdm=not progress, label_names=["labels", "users"], save_only_model=False)
+        disable_tqdm=not progress or not sys.stderr.isatty(), label_names=["labels", "users"], save_only_model=False)
     trainer = _trainer_class()(
         model=model, args=args, train_dataset=_Rows(train), eval_dataset=_Rows(valid),
         data_collator=_Collator(tokenizer.pad_token_id), compute_metrics=_compute_metrics,

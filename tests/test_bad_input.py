@@ -64,7 +64,7 @@ def test_bad_input(call, exc, words):
 def test_cuda_tensor_without_cuda_build_is_clear():
     import importlib.util
 
-    if importlib.util.find_spec("binllm._cuda") is not None:
+    if importlib.util.find_spec("binllm._cuda_ext") is not None:
         pytest.skip("this build has the CUDA module")
 
     class FakeCudaTensor:  # the dispatcher only looks at .device; no GPU needed to test the message
@@ -75,3 +75,17 @@ def test_cuda_tensor_without_cuda_build_is_clear():
         binllm.pack_signs(FakeCudaTensor())
     with pytest.raises(ValueError, match="inputs must be on one device; got a on cpu, b on cuda:0"):
         binllm.dot_all(C32, FakeCudaTensor(), 32)
+
+
+def test_cuda_module_builds_and_loads_without_a_gpu():
+    """Where nvcc was present at build time the CUDA module must import even on a machine without a GPU."""
+    import importlib.util
+    import os
+    import shutil
+
+    if importlib.util.find_spec("binllm._cuda_ext") is None:
+        if shutil.which("nvcc") and os.environ.get("CI"):
+            pytest.fail("CI has nvcc on PATH but the CUDA module was not built")
+        pytest.skip("no nvcc at build time: CPU-only build")
+    info = binllm.build_info()["cuda"]
+    assert info["cuda_runtime"] > 0 and "90" in info["architectures"].split(",")
