@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -113,6 +114,11 @@ def load_llm(model: str = DEFAULT_MODEL, dtype: str = "auto", device: str = "aut
         raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face model folder")
     if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
         raise FileNotFoundError(f"{path} has no tokenizer (tokenizer.json / tokenizer.model); save one beside the model")
+    if not progress or not sys.stderr.isatty():
+        # transformers draws a weight-loading bar per load; in logs it is only noise
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     dev = resolve_device(device)
     tok = AutoTokenizer.from_pretrained(path)
     tok.padding_side = "left"
