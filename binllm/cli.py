@@ -1,60 +1,138 @@
-"""The ``binllm`` command line: one sub-command a stage of the pipeline.
+"""The ``binllm`` command line: one sub-command per stage, each a thin argparse
+layer over a library function (:mod:`binllm.stages`, :mod:`binllm.pipeline`).
 
-Heavy modules (torch, pandas, transformers) are imported inside the command
-that needs them, so ``binllm doctor`` answers instantly.
+Flags of the configs are generated from their dataclass fields with default
+None, so every field is reachable and each default lives in one place (the
+dataclass). A user mistake (bad path, bad file, bad value) ends with one line
+on stderr and exit status 2; ``--debug`` shows the traceback. Heavy modules
+(torch, pandas, transformers) are imported inside the command that needs them,
+so ``binllm doctor`` answers instantly. Nothing imports this module.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
+import re
 import sys
 import time
+import typing
+from pathlib import Path
 from typing import Callable, Sequence
 
-_COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {}
+Handler = Callable[[argparse.Namespace], int]
+_COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Handler, str]] = {}
 
 
-def command(name: str, help: str):
-    def wrap(fn):
-        _COMMANDS[name] = (fn.configure, fn, help)
+def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser], None]) -> Callable[[Handler], Handler]:
+    """Registers a sub-command: `configure` adds its flags, the decorated function runs it."""
+    def wrap(fn: Handler) -> Handler:
+        _COMMANDS[name] = (configure, fn, help)
         return fn
 
     return wrap
 
 
-def _configure(fn: Callable[[argparse.ArgumentParser], None]):
-    def deco(run):
-        run.configure = fn
-        return run
-
-    return deco
+# ---------------------------------------------------------------- flags from dataclasses
 
 
-# ---------------------------------------------------------------- doctor
+def _field_help(cls: type) -> dict[str, str]:
+    """Per-field help from the `Args:` section of a config's docstring ("a, b: text")."""
+    doc = cls.__doc__ or ""
+    out: dict[str, str] = {}
+    part = doc.split("Args:", 1)
+    if len(part) < 2:
+        return out
+    last: list[str] = []
+    for line in part[1].splitlines():
+        m = re.match(r"\s{4,}([a-z_][a-z0-9_, ]*):\s*(.*)", line)
+        if m and not line.startswith(" " * 12):
+            last = [n.strip() for n in m.group(1).split(",")]
+            for n in last:
+                out[n] = m.group(2)
+        elif line.strip() and last:
+            for n in last:
+                out[n] += " " + line.strip()
+    return out
 
 
-@command("doctor", "print version, compiler, CPU variants and CUDA availability")
-@_configure(lambda p: p.add_argument("--json", action="store_true", help="print as JSON"))
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def add_config_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, prefix: str = "",
+                     skip: Sequence[str] = ()) -> None:
+    """Adds ``--<prefix><field>`` for every field of dataclass `cls`, default None
+    (so the dataclass default applies unless the flag is given)."""
+    hints = typing.get_type_hints(cls)
+    helps = _field_help(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip or not f.init:
+            continue
+        t = hints[f.name]
+        args = typing.get_args(t)
+        if typing.get_origin(t) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+            t = next(a for a in args if a is not type(None))
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        h = helps.get(f.name, "")
+        h = f"{h} (default: {default})" if h else f"default: {default}"
+        flag = "--" + (prefix + f.name).replace("_", "-")
+        dest = prefix.replace("-", "_") + f.name
+        if t is bool:
+            p.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=h)
+        elif typing.get_origin(t) is tuple:
+            p.add_argument(flag, dest=dest, type=_csv, default=None, metavar="A,B", help=h)
+        else:
+            p.add_argument(flag, dest=dest, type=t if t in (int, float) else str, default=None,
+                           metavar=f.name.upper(), help=h)
+
+
+def config_from(cls: type, args: argparse.Namespace, prefix: str = "", skip: Sequence[str] = (), **fixed: object):
+    """An instance of `cls` from the flags that were given (others keep the dataclass defaults)."""
+    kw = {}
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        v = getattr(args, prefix.replace("-", "_") + f.name, None)
+        if v is not None:
+            kw[f.name] = v
+    kw.update({k: v for k, v in fixed.items() if v is not None})
+    return cls(**kw)
+
+
+# ---------------------------------------------------------------- doctor / demo
+
+
+def _doctor_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print as JSON")
+
+
+@command("doctor", "print version, compiler, CPU variants, thread plan, CUDA and settings problems", _doctor_args)
 def _doctor(args: argparse.Namespace) -> int:
+    from importlib import metadata
+
     import binllm
 
-    info = binllm.build_info()
-    try:
-        import torch
+    from . import threads
 
-        info["torch"] = torch.__version__
-        info["torch_cuda_available"] = bool(torch.cuda.is_available())
-    except ImportError:
-        info["torch"] = None
+    info = dict(binllm.build_info())
+    for pkg in ("torch", "transformers", "peft"):
+        try:
+            info[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            info[pkg] = None
+    try:
+        info["stage_threads"] = threads.plan()
+    except ValueError as e:  # a bad BINLLM_STAGE_THREADS: report it, doctor's job is to diagnose
+        info.setdefault("problems", []).append(str(e))
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(json.dumps(info, indent=2, default=str))
     else:
         for k, v in info.items():
             print(f"{k:24s} {v}")
     return 0
-
-
-# ---------------------------------------------------------------- demo
 
 
 def _demo_args(p: argparse.ArgumentParser) -> None:
@@ -64,13 +142,15 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=10)
 
 
-@command("demo", "a short tour of the code kernels on random embeddings")
-@_configure(_demo_args)
+@command("demo", "a short tour of the code kernels on random embeddings", _demo_args)
 def _demo(args: argparse.Namespace) -> int:
     import numpy as np
 
     import binllm
 
+    for name in ("users", "items", "d", "k"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name} must be >= 1; got {getattr(args, name)}")
     rng = np.random.default_rng(0)
     u = rng.standard_normal((args.users, args.d), dtype=np.float32)
     it = rng.standard_normal((args.items, args.d), dtype=np.float32)
@@ -79,11 +159,12 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"packed {args.users + args.items:,} x {args.d} floats in {time.perf_counter() - t:.3f}s")
     print("user 0 as bits:   ", binllm.to_bits(cu[:1], args.d)[0])
     print("user 0 as dotted: ", binllm.to_dotted(cu[:1], args.d)[0])
+    nq = min(10_000, args.users)
     t = time.perf_counter()
-    s, i = binllm.topk(cu[:10_000], ci, args.d, args.k)
+    s, i = binllm.topk(cu[:nq], ci, args.d, min(args.k, args.items))
     dt = time.perf_counter() - t
-    print(f"top-{args.k} of {args.items:,} items for 10,000 users in {dt:.3f}s "
-          f"({10_000 * args.items / dt / 1e9:.2f}e9 pairs/s, variant {binllm.build_info()['cpu_variant']})")
+    print(f"top-{args.k} of {args.items:,} items for {nq:,} users in {dt:.3f}s "
+          f"({nq * args.items / dt / 1e9:.2f}e9 pairs/s, variant {binllm.build_info()['cpu_variant']})")
     print("user 0 best items:", i[0].tolist(), "scores:", s[0].tolist())
     return 0
 
@@ -96,39 +177,24 @@ def _prepare_args(p: argparse.ArgumentParser) -> None:
                    help="ml-100k is the embedded default (recbole's package data)")
     p.add_argument("--path", help="ML-1M folder or zip; Amazon reviews .json(.gz); a CSV/Parquet; a folder of pickles")
     p.add_argument("--meta", help="Amazon metadata .json(.gz)")
-    p.add_argument("--protocol", help="ml-100k, ml-1m or amazon-book (default: the source's)")
+    p.add_argument("--protocol", help="split protocol (default: the source's; ml-100k: ml-100k-user)")
     p.add_argument("--columns", help="for --source table: user,item,rating,timestamp[,title] column names")
-    p.add_argument("--history-len", type=int, default=20)
-    p.add_argument("--out", default="runs/data", help="output folder (written atomically)")
+    p.add_argument("--missing-titles", choices=["error", "empty"],
+                   help="items without a title: 'error' (default) or 'empty' titles")
+    p.add_argument("--history-len", type=int, help="liked items kept per row (default: the protocol's)")
+    p.add_argument("--trust-pickles", action="store_true",
+                   help="--source reference: allow reading the pickle files (only files you trust)")
+    p.add_argument("--out", default="runs/data", help="output folder (written atomically; an existing prepared "
+                                                      "dataset is kept)")
 
 
-@command("prepare", "read a dataset, apply the BinLLM protocol, write the prepared format")
-@_configure(_prepare_args)
+@command("prepare", "read a dataset, apply the BinLLM protocol, write the prepared format", _prepare_args)
 def _prepare(args: argparse.Namespace) -> int:
-    import dataclasses
+    from . import stages
 
-    from . import data
-
-    if args.source == "reference":
-        if not args.path:
-            raise SystemExit("--source reference needs --path (the folder of train/valid/test pickles)")
-        prep = data.read_reference_pickles(args.path)
-    else:
-        kw = {}
-        if args.source == "table":
-            if not args.columns:
-                raise SystemExit("--source table needs --columns user,item,rating,timestamp[,title]")
-            names = args.columns.split(",")
-            kw = dict(zip(["user", "item", "rating", "timestamp", "title"], names))
-        ratings = data.load_source(args.source, args.path, args.meta, **kw)
-        proto = args.protocol or (args.source if args.source in data.PROTOCOLS else "ml-100k")
-        if proto not in data.PROTOCOLS:
-            raise SystemExit(f"--protocol must be one of {sorted(data.PROTOCOLS)}")
-        p = dataclasses.replace(data.PROTOCOLS[proto], history_len=args.history_len)
-        prep = data.prepare(ratings, p)
-    prep.save(args.out)
-    print(prep.summary())
-    print(f"wrote {args.out}")
+    stages.prepare(args.out, args.source, args.path, args.meta, args.protocol, args.columns, args.history_len,
+                   args.missing_titles, args.trust_pickles, progress=not args.quiet)
+    print(f"prepared dataset: {args.out}")
     return 0
 
 
@@ -136,113 +202,181 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _pretrain_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="runs/data", help="prepared dataset folder (binllm prepare)")
-    p.add_argument("--out", default="runs/hash", help="output folder: checkpoint, code book, metrics")
-    p.add_argument("--mf", action="store_true", help="also train the continuous MF baseline")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
-    p.add_argument("--d", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--weight-decay", type=float, default=1e-5)
-    p.add_argument("--beta-step", type=float, default=0.02)
-    p.add_argument("--max-epochs", type=int, default=400)
-    p.add_argument("--patience", type=int, default=80)
-    p.add_argument("--mf-d", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
-
-
-def pretrain(data_dir: str, out: str, cfg, mf_cfg=None, resume: bool = False, progress: bool = True) -> dict:
-    """Trains the hash model (and optionally MF), writes the code book and metrics; returns the metrics."""
-    import dataclasses
-    from pathlib import Path
-
-    import numpy as np
-
-    import binllm
-
-    from . import data, hashing
-    from .codebook import CodeBook
-
-    prep = data.load_prepared(data_dir)
-    out_p = Path(out)
-    results = {}
-    te = hashing.SplitTensors.of(prep, "test")
-    for name, c in (("hash", cfg), ("mf", mf_cfg)):
-        if c is None:
-            continue
-        res = hashing.train(prep, c, out_p / name, resume=resume, progress=progress)
-        m = hashing.evaluate(res.model, te)
-        m.update(best_epoch=res.best_epoch, epochs=res.epochs_run, valid_auc=res.best_valid_auc,
-                 seconds=res.seconds, seconds_per_epoch=res.seconds / max(res.epochs_run, 1))
-        if name == "hash":
-            cb = CodeBook.from_model(res.model, prep, dataclasses.asdict(c), m)
-            cb.save(out_p / "codebook.safetensors")
-            bal = binllm.balance(cb.item_codes[1:], c.d)
-            m["item_bit_balance"] = [round(float(x), 3) for x in bal]
-            m["user_bit_balance"] = [round(float(x), 3) for x in binllm.balance(cb.user_codes[1:], c.d)]
-            m["distinct_user_codes"] = int(len(np.unique(cb.user_codes[1:], axis=0)))
-            m["distinct_item_codes"] = int(len(np.unique(cb.item_codes[1:], axis=0)))
-        results[name] = m
-    _write_json(out_p / "metrics.json", results)
-    return results
-
-
-def _write_json(path, obj) -> None:
-    import os
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=float))
-    os.replace(tmp, path)
-
-
-@command("pretrain", "train the hash model (and the MF baseline with --mf); write the code book")
-@_configure(_pretrain_args)
-def _pretrain(args: argparse.Namespace) -> int:
-    from . import metrics
     from .hashing import HashConfig
 
-    cfg = HashConfig(d=args.d, lr=args.lr, weight_decay=args.weight_decay, beta_step=args.beta_step,
-                     max_epochs=args.max_epochs, patience=args.patience, seed=args.seed)
-    mf = HashConfig(model="mf", d=args.mf_d, lr=1e-3, weight_decay=1e-4, max_epochs=args.max_epochs,
-                    patience=10, seed=args.seed) if args.mf else None
-    res = pretrain(args.data, args.out, cfg, mf, resume=args.resume)
-    print(metrics.table({("BinMF (hash codes)" if k == "hash" else "MF"): v for k, v in res.items()}))
+    p.add_argument("--data", default="runs/data", help="prepared dataset folder (binllm prepare)")
+    p.add_argument("--out", default="runs/hash", help="output folder: code book, metrics, checkpoints")
+    p.add_argument("--mf", action="store_true", help="also train the continuous MF baseline (--mf-* settings)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoints")
+    add_config_flags(p.add_argument_group("hash model (HashConfig)"), HashConfig, skip=("model",))
+    add_config_flags(p.add_argument_group("MF baseline (HashConfig.mf_baseline)"), HashConfig, prefix="mf-",
+                     skip=("model",))
+
+
+@command("pretrain", "train the hash model (and the MF baseline with --mf); write the code book", _pretrain_args)
+def _pretrain(args: argparse.Namespace) -> int:
+    from . import metrics, stages
+    from .hashing import HashConfig
+
+    cfg = config_from(HashConfig, args, skip=("model",))
+    mf = None
+    if args.mf:
+        kw = {f.name: getattr(args, "mf_" + f.name) for f in dataclasses.fields(HashConfig)
+              if f.name != "model" and getattr(args, "mf_" + f.name, None) is not None}
+        mf = HashConfig.mf_baseline(**kw)
+    res = stages.pretrain(args.data, args.out, cfg, mf, resume=args.resume, progress=not args.quiet)
+    rows = {("BinMF (hash codes)" if k == "hash" else "MF"): v for k, v in res.items() if k in ("hash", "mf") and v}
+    print(metrics.table(rows))
     h = res["hash"]
-    print(f"hash: best epoch {h['best_epoch']} of {h['epochs']}, {h['seconds_per_epoch']:.3f} s/epoch, "
-          f"{h['distinct_user_codes']} distinct user codes, {h['distinct_item_codes']} item codes; wrote {args.out}")
+    print(f"hash: best epoch {h['best_epoch']} of {h['epochs']}, {h['seconds_per_epoch']:.3f} s/epoch; "
+          f"wrote {args.out}")
     return 0
 
 
 def _encode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--codebook", default="runs/hash/codebook.safetensors")
     p.add_argument("--style", choices=["dotted", "bits"], default="dotted")
-    p.add_argument("--out", default="runs/hash/codes.tsv", help="TSV: side, slot, raw id, code")
+    p.add_argument("--out", default="runs/hash/codes.tsv", help="TSV: side, slot, raw id, code (written atomically)")
 
 
-@command("encode", "write every user's and item's code string (bits or dotted) to a TSV file")
-@_configure(_encode_args)
+@command("encode", "write every user's and item's code string (bits or dotted) to a TSV file", _encode_args)
 def _encode(args: argparse.Namespace) -> int:
-    import os
-    from pathlib import Path
-
-    from tqdm.auto import tqdm
-
+    from ._io import atomic_save
     from .codebook import CodeBook
 
-    cb = CodeBook.load(args.codebook)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a file path for the TSV")
+    cb = CodeBook.load(args.codebook)
     n = 0
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("side\tslot\tid\tcode\n")
-        for side, ids in (("user", cb.user_ids), ("item", cb.item_ids)):
-            strings = cb.strings(side, args.style)
-            for slot in tqdm(range(1, len(ids)), desc=f"{side} codes", leave=False):
-                f.write(f"{side}\t{slot}\t{ids[slot]}\t{strings[slot]}\n")
-                n += 1
-    os.replace(tmp, out)
+
+    def writer(tmp: Path) -> None:
+        nonlocal n
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("side\tslot\tid\tcode\n")
+            for side, ids in (("user", cb.user_ids), ("item", cb.item_ids)):
+                strings = cb.strings(side, args.style)
+                f.writelines(f"{side}\t{slot}\t{ids[slot]}\t{strings[slot]}\n" for slot in range(1, len(ids)))
+                n += len(ids) - 1
+
+    atomic_save(out, writer)
     print(f"wrote {n} {args.style} codes (d={cb.d}) to {out}")
+    return 0
+
+
+# ---------------------------------------------------------------- tune / score / evaluate
+
+
+def _llm_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="prepared dataset folder (binllm prepare)")
+    p.add_argument("--model", default="smollm2", help="'smollm2' (embedded default) or a local HF model folder")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--codebook", help="code book (binllm pretrain) for prompts with codes")
+    p.add_argument("--seed", type=int, default=0, help="row samples and training order")
+    p.add_argument("--max-length", type=int, default=1024, help="prompt tokens at most (oldest titles dropped)")
+
+
+def _tune_args(p: argparse.ArgumentParser) -> None:
+    from .prompts import PromptConfig
+    from .tuning import TuneConfig
+
+    _llm_common(p)
+    p.add_argument("--out", required=True, help="stage folder: adapter/ (final) and checkpoints/ (to resume)")
+    p.add_argument("--init-adapter", help="continue this adapter (two-step tuning: the text-only step's)")
+    p.add_argument("--train-rows", type=int, help="sample of train rows (default: all)")
+    p.add_argument("--valid-rows", type=int, help="sample of valid_small rows for model selection (default: all)")
+    add_config_flags(p.add_argument_group("prompts (PromptConfig)"), PromptConfig)
+    add_config_flags(p.add_argument_group("tuning (TuneConfig)"), TuneConfig, skip=("seed",))
+
+
+@command("tune", "one LoRA tuning step (text, codes or text_codes prompts); resumable, torchrun-ready", _tune_args)
+def _tune(args: argparse.Namespace) -> int:
+    from . import data, stages
+    from .prompts import PromptConfig
+    from .tuning import TuneConfig
+
+    tc = config_from(TuneConfig, args, skip=("seed",), seed=args.seed)
+    domain = args.domain or stages.dataset_domain(data.load_prepared(args.data))
+    pc = config_from(PromptConfig, args, domain=domain)
+    adapter = stages.tune(args.data, args.out, pc, tc, codebook=args.codebook, model=args.model, device=args.device,
+                          dtype=args.dtype, init_adapter=args.init_adapter, train_rows=args.train_rows,
+                          valid_rows=args.valid_rows, seed=args.seed, max_length=args.max_length,
+                          progress=not args.quiet)
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(f"adapter: {adapter}")
+    return 0
+
+
+def _score_args(p: argparse.ArgumentParser) -> None:
+    from .prompts import PromptConfig
+    from .stages import SCORE_METHODS
+
+    _llm_common(p)
+    p.add_argument("--out", required=True, help="score file (.npz: rows, scores, meta)")
+    p.add_argument("--method", default="llm", choices=SCORE_METHODS,
+                   help="llm (model + adapter), binmf (code book), mf (--hash-dir), popularity")
+    p.add_argument("--adapter", help="tuned adapter folder (its prompt settings and code book are used)")
+    p.add_argument("--hash-dir", help="pretrain folder, for --method mf")
+    p.add_argument("--split", default="test", choices=["train", "valid", "valid_small", "test"])
+    p.add_argument("--rows", type=int, help="score a sample of this many rows (default: the whole split)")
+    p.add_argument("--batch-size", type=int, default=16, help="prompts per forward pass")
+    add_config_flags(p.add_argument_group("zero-shot prompts without --adapter (PromptConfig)"), PromptConfig)
+
+
+@command("score", "scores of a split or a row sample (LLM + adapter, or a baseline); torchrun shards rows",
+         _score_args)
+def _score(args: argparse.Namespace) -> int:
+    from . import stages
+    from .prompts import PromptConfig
+
+    given = any(getattr(args, f.name, None) is not None for f in dataclasses.fields(PromptConfig))
+    pc = None
+    if given:
+        if args.adapter:
+            raise ValueError("prompt flags (--kind, --code-style, ...) are taken from --adapter; give one or the other")
+        from . import data
+
+        pc = config_from(PromptConfig, args, domain=args.domain or stages.dataset_domain(data.load_prepared(args.data)))
+    s = stages.score(args.data, args.out, method=args.method, split=args.split, rows=args.rows, seed=args.seed,
+                     model=args.model, adapter=args.adapter, codebook=args.codebook, hash_dir=args.hash_dir,
+                     prompt=pc, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                     max_length=args.max_length, progress=not args.quiet)
+    if s is not None:
+        print(f"wrote {len(s)} scores to {args.out}")
+    return 0
+
+
+def _evaluate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="prepared dataset folder the scores refer to")
+    p.add_argument("scores", nargs="+", metavar="[NAME=]FILE", help="score files (binllm score); NAME is the row name")
+    p.add_argument("--out", help="write OUT.md, OUT.json and OUT.png (default: print only)")
+    p.add_argument("--pair", nargs=2, action="append", default=[], metavar=("A", "B"),
+                   help="add a paired-bootstrap interval of A - B (row names); repeatable")
+    p.add_argument("--no-popularity", action="store_true", help="leave out the item-popularity row")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--title", help="table title")
+
+
+@command("evaluate", "metrics tables with bootstrap intervals (markdown, JSON, plot) from score files",
+         _evaluate_args)
+def _evaluate(args: argparse.Namespace) -> int:
+    from . import stages
+
+    files: dict[str, str] = {}
+    for spec in args.scores:
+        name, sep, path = spec.rpartition("=")
+        if not sep:
+            name, path = Path(spec).stem, spec
+        if name in files:
+            raise ValueError(f"two score files are named {name!r}; name them NAME=FILE")
+        files[name] = path
+    if args.n_boot < 1:
+        raise ValueError(f"--n-boot must be >= 1; got {args.n_boot}")
+    s = stages.evaluate(args.data, files, args.out, pairs=[tuple(p) for p in args.pair],
+                        popularity=not args.no_popularity, n_boot=args.n_boot, seed=args.seed, title=args.title)
+    print(stages.results_markdown(s, title=args.title))
     return 0
 
 
@@ -250,36 +384,19 @@ def _encode(args: argparse.Namespace) -> int:
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="runs/ml100k", help="output folder; re-running resumes")
-    p.add_argument("--model", default="smollm2", help="'smollm2' (embedded default) or a local HF model folder")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    from .pipeline import RunConfig
+
     p.add_argument("--full", action="store_true", help="all rows and the paper's step settings (for a GPU)")
-    p.add_argument("--ablations", action="store_true", help="also codes-only, intuitive and bit-string rows")
-    p.add_argument("--train-rows", type=int)
-    p.add_argument("--valid-rows", type=int)
-    p.add_argument("--test-rows", type=int)
-    p.add_argument("--step1-steps", type=int)
-    p.add_argument("--step2-steps", type=int)
-    p.add_argument("--step1-lr", type=float)
-    p.add_argument("--step2-lr", type=float)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--eval-steps", type=int)
-    p.add_argument("--max-titles", type=int)
-    p.add_argument("--code-style", choices=["dotted", "bits"])
-    p.add_argument("--seed", type=int)
+    add_config_flags(p, RunConfig)
 
 
-@command("run", "the main job: prepare, hash model + MF, two-step LoRA tuning, evaluation (resumable)")
-@_configure(_run_args)
+@command("run", "the main job: prepare, hash model + MF, two-step LoRA tuning, evaluation (resumable)", _run_args)
 def _run(args: argparse.Namespace) -> int:
     from .pipeline import RunConfig, run
 
-    keys = ["out", "model", "device", "dtype", "ablations", "train_rows", "valid_rows", "test_rows", "step1_steps",
-            "step2_steps", "step1_lr", "step2_lr", "batch_size", "eval_steps", "max_titles", "code_style", "seed"]
-    kw = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig) if getattr(args, f.name) is not None}
     cfg = RunConfig.full(**kw) if args.full else RunConfig(**kw)
-    run(cfg)
+    run(cfg, progress=not args.quiet)
     print(f"results: {cfg.out}/results.md")
     return 0
 
@@ -287,17 +404,45 @@ def _run(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- entry
 
 
+def _one_line(e: BaseException) -> str:
+    msg = " ".join(str(e).split()) if str(e) else type(e).__name__
+    if isinstance(e, KeyError):
+        msg = f"missing key {msg}"
+    return msg
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean a user mistake (bad path, file, value): one line, no traceback."""
+    import zipfile
+
+    return (ValueError, TypeError, OSError, KeyError, zipfile.BadZipFile)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="binllm", description=__doc__.splitlines()[0])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    common.add_argument("--quiet", action="store_true", help="no progress output")
+    common.add_argument("--threads", help="threads per stage kind: N, or e.g. 'hash=1,llm=2' "
+                                          "(also BINLLM_STAGE_THREADS)")
+    parser = argparse.ArgumentParser(prog="binllm", description=(__doc__ or "").splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (configure, _, help) in _COMMANDS.items():
-        configure(sub.add_parser(name, help=help, description=help))
+        configure(sub.add_parser(name, help=help, description=help, parents=[common]))
     args = parser.parse_args(argv)
     try:
+        if args.threads:
+            from . import threads
+
+            threads.set_override(args.threads)
         return _COMMANDS[args.command][1](args)
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except _user_errors() as e:
+        if args.debug:
+            raise
+        print(f"binllm {args.command}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

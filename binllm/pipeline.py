@@ -1,290 +1,275 @@
-"""The main job, ``binllm run``: prepare -> hash model and MF -> prompts ->
-two-step LoRA tuning -> evaluation, under one output folder.
+"""The main job, ``binllm run``: the stages of :mod:`binllm.stages` composed
+under one run folder: prepare -> hash model and MF -> text-only tuning (step 1)
+-> BinLLM tuning (step 2, codes) -> scores of every method on the same test
+rows -> the metrics table with bootstrap intervals.
 
-Each stage writes its outputs atomically and is skipped when they exist, so
-re-running the same command resumes (tuning also resumes inside a stage from
-its last Trainer checkpoint). The results table has rows MF, BinMF (the hash
-model alone), text-only (step 1) and BinLLM (step 2, dotted codes); with
-ablations also codes-only, intuitive (one-step) tuning and bit-string codes.
-All rows are evaluated on the same test rows.
+Every stage is skipped when its outputs exist, so re-running the same command
+resumes; results of a run are never replaced by a run with other settings
+(that is an error naming the folder). Works on any prepared dataset
+(``data=``) or source (``source=``, ``path=``); the default is the embedded
+ML-100K with the per-user time split.
 
-CPU defaults are sized for a 2-core machine (about half an hour): LLM tuning
-on a sample of train rows, evaluation rounds on a sample of ``valid_small``,
-and a sample of test rows. ``full=True`` (``--full``) uses every row and the
-paper's step sizes, for a GPU.
+CPU defaults are sized for 2 cores within about 30 minutes: LLM tuning on a
+sample of train rows, evaluation rounds on a sample of ``valid_small``, and a
+sample of test rows large enough that an AUC interval is about +-0.03.
+:meth:`RunConfig.full` (``--full``) uses every row and the paper's step
+settings, for a GPU.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
+from . import stages
+from ._io import atomic_write_json
+from .progress import log
 
-from . import metrics
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+CODE_STYLES = ("dotted", "bits")
 
 
 @dataclass
 class RunConfig:
-    """Settings of ``binllm run``.
+    """Settings of ``binllm run`` (every field is a ``--flag`` of the command).
 
     Args:
-        out: output folder.
+        out: the run folder (layout in :mod:`binllm.stages`).
+        data: a prepared dataset folder to use (``binllm prepare``); None prepares `source` into out/data.
+        source, path, meta, protocol: what to prepare when `data` is None: 'ml-100k' (embedded),
+            'ml-1m', 'amazon-book', 'table' (with `columns`) and the file paths; protocol None = the source's default.
+        columns: for source 'table': user,item,rating,timestamp[,title] column names.
+        domain: prompt wording, 'movie' or 'book'; None = the dataset's own.
         model: 'smollm2' (embedded default) or a local Hugging Face causal-LM folder.
-        device, dtype: 'auto' picks CUDA + bf16 when there is a GPU, else CPU + float32.
+        device, dtype: 'auto' picks CUDA + bf16 on a GPU; on a CPU bf16 where it has AMX, else float32.
+        bits: code width of the hash model (a multiple of 8, at most 256).
         train_rows, valid_rows, test_rows: sizes of the row samples (None: all rows).
         step1_steps, step2_steps: LoRA updates of the text-only and the code step.
-        step1_lr, step2_lr: their learning rates (reference 1e-3 / 1e-4; at a small
-            budget step 2 learns faster with 1e-3, see shared/NOTES-ml100k.md).
+        step1_lr, step2_lr: their learning rates.
         batch_size, eval_steps, patience: Trainer settings of both steps.
-        max_titles: history titles per prompt (the protocol allows 10).
+        lora_r: LoRA rank; max_titles: history titles per prompt (the protocol allows 10).
         code_style: 'dotted' or 'bits' for BinLLM.
-        ablations: also codes-only, intuitive tuning and bit-string codes.
+        ablations: also codes-only, intuitive (one-step) tuning and the other code style.
         hash_epochs: epoch cap of the hash model and MF.
+        n_boot: bootstrap resamples of the intervals.
+        max_length: prompt tokens at most (longer prompts lose their oldest history titles).
         seed: samples, models and data order.
     """
 
     out: str = "runs/ml100k"
+    data: str | None = None
+    source: str = "ml-100k"
+    path: str | None = None
+    meta: str | None = None
+    protocol: str | None = None
+    columns: str | None = None
+    domain: str | None = None
     model: str = "smollm2"
     device: str = "auto"
     dtype: str = "auto"
+    bits: int = 32
     train_rows: int | None = 2000
-    valid_rows: int | None = 100
-    test_rows: int | None = 300
+    valid_rows: int | None = 300
+    test_rows: int | None = 1000
     step1_steps: int = 60
     step2_steps: int = 120
     step1_lr: float = 1e-3
     step2_lr: float = 1e-3
     batch_size: int = 8
-    eval_steps: int = 30
+    eval_steps: int = 60
     patience: int = 20
+    lora_r: int = 8
     max_titles: int = 5
     code_style: str = "dotted"
     ablations: bool = False
     hash_epochs: int = 400
+    n_boot: int = 1000
+    max_length: int = 1024
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}; got {self.dtype!r}")
+        if self.code_style not in CODE_STYLES:
+            raise ValueError(f"code_style must be one of {CODE_STYLES}; got {self.code_style!r}")
+        if self.domain is not None and self.domain not in ("movie", "book"):
+            raise ValueError(f"domain must be 'movie' or 'book'; got {self.domain!r}")
+        if not (isinstance(self.bits, int) and 8 <= self.bits <= 256 and self.bits % 8 == 0):
+            raise ValueError(f"bits must be a multiple of 8 between 8 and 256; got {self.bits}")
+        for name in ("train_rows", "valid_rows", "test_rows"):
+            v = getattr(self, name)
+            if v is not None and v < 2:
+                raise ValueError(f"{name} must be >= 2 or None (all rows); got {v}")
+        for name in ("step1_steps", "step2_steps", "batch_size", "eval_steps", "patience", "lora_r", "hash_epochs",
+                     "n_boot", "max_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        for name in ("step1_lr", "step2_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0; got {getattr(self, name)}")
+        if self.max_titles < 0:
+            raise ValueError(f"max_titles must be >= 0; got {self.max_titles}")
+        if self.data is not None and not (Path(self.data) / "meta.json").is_file():
+            raise ValueError(f"data={self.data!r} is not a prepared dataset folder (run `binllm prepare` first)")
+        if self.model != "smollm2" and not (Path(self.model) / "config.json").is_file():
+            raise ValueError(f"model={self.model!r} is neither 'smollm2' nor a local Hugging Face model folder "
+                             "(no config.json)")
+
     @classmethod
-    def full(cls, **kw: Any) -> "RunConfig":
+    def full(cls, **kw: object) -> "RunConfig":
         """Every row and the reference step settings (for a GPU)."""
-        base = dict(train_rows=None, valid_rows=None, test_rows=None, step1_steps=2000, step2_steps=2000,
-                    step1_lr=1e-3, step2_lr=1e-4, batch_size=16, eval_steps=50, max_titles=10)
+        base: dict[str, object] = dict(train_rows=None, valid_rows=None, test_rows=None, step1_steps=2000,
+                                       step2_steps=2000, step1_lr=1e-3, step2_lr=1e-4, batch_size=16, eval_steps=50,
+                                       max_titles=10)
         base.update(kw)
-        return cls(**base)
+        return cls(**base)  # type: ignore[arg-type]
 
 
-def _sample(rows: np.ndarray, n: int | None, rng: np.random.Generator) -> np.ndarray:
-    if n is None or n >= len(rows):
-        return rows
-    return np.sort(rng.choice(rows, size=n, replace=False))
+@dataclass(frozen=True)
+class Stage:
+    """One LLM tuning stage of the run.
+
+    Args:
+        key: folder name under out/llm and score file name.
+        label: its row name in the results table.
+        kind: prompt kind ('text', 'codes', 'text_codes'); style: code style.
+        init: key of the stage whose adapter it continues (two-step), or None.
+        steps, lr: its LoRA updates and learning rate.
+    """
+
+    key: str
+    label: str
+    kind: str
+    style: str
+    init: str | None
+    steps: int
+    lr: float
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=float))
-    os.replace(tmp, path)
+def llm_stages(cfg: RunConfig) -> list[Stage]:
+    """The tuning stages of a run, in order (a stage's `init` comes before it)."""
+    other = "bits" if cfg.code_style == "dotted" else "dotted"
+    out = [Stage("text", "text-only (step 1)", "text", "dotted", None, cfg.step1_steps, cfg.step1_lr),
+           Stage(f"binllm_{cfg.code_style}", f"BinLLM ({cfg.code_style})", "text_codes", cfg.code_style, "text",
+                 cfg.step2_steps, cfg.step2_lr)]
+    if cfg.ablations:
+        out += [Stage("codes_only", "codes only (two-step)", "codes", cfg.code_style, "text", cfg.step2_steps,
+                      cfg.step2_lr),
+                Stage("intuitive", f"intuitive (one-step, {cfg.code_style})", "text_codes", cfg.code_style, None,
+                      cfg.step1_steps + cfg.step2_steps, cfg.step1_lr),
+                Stage(f"binllm_{other}", f"BinLLM ({other})", "text_codes", other, "text", cfg.step2_steps,
+                      cfg.step2_lr)]
+    return out
 
 
-def _log(msg: str) -> None:
-    print(f"[binllm run {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+def check_environment(cfg: RunConfig) -> str:
+    """Validates what needs torch (the device) before any work; returns the device."""
+    from . import scoring
+
+    return scoring.resolve_device(cfg.device)
 
 
 def run(cfg: RunConfig, progress: bool = True) -> dict:
-    """Runs (or resumes) the whole pipeline; returns the results dict."""
-    import torch
+    """Runs (or resumes) the whole job; returns the evaluation summary."""
+    from . import data, hashing, tuning
+    from .prompts import PromptConfig
 
-    from . import data, hashing, scoring, tuning
-    from .cli import pretrain
-    from .codebook import CodeBook
-    from .prompts import PromptBuilder, PromptConfig
-
+    device = check_environment(cfg)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "run_config.json", dataclasses.asdict(cfg))
+    cfg_file = out / "run_config.json"
+    if cfg_file.is_file():
+        old = json.loads(cfg_file.read_text())
+        keep = ("out", "ablations", "device")  # these may change between calls without touching finished stages
+        if {k: v for k, v in old.items() if k not in keep} != {k: v for k, v in dataclasses.asdict(cfg).items()
+                                                               if k not in keep}:
+            changed = sorted(k for k in old if k not in keep and old.get(k) != getattr(cfg, k, None))
+            raise stages.StageError(f"{out} holds a run with other settings ({', '.join(changed)}); "
+                                    "use another --out or the same settings")
+    atomic_write_json(cfg_file, dataclasses.asdict(cfg))
     t_start = time.perf_counter()
 
     # 1. data
-    if not (out / "data" / "meta.json").is_file():
-        _log("prepare ML-100K (embedded default)")
-        data.prepare(data.read_ml100k(), "ml-100k").save(out / "data")
-    prep = data.load_prepared(out / "data")
-    _log("data:\n" + prep.summary())
+    data_dir = Path(cfg.data) if cfg.data else out / "data"
+    prep = stages.prepare(data_dir, cfg.source, cfg.path, cfg.meta, cfg.protocol, cfg.columns, progress=progress) \
+        if not cfg.data else data.load_prepared(data_dir)
+    domain = cfg.domain or stages.dataset_domain(prep)
+    if progress:
+        log("data:\n" + prep.summary())
 
     # 2. hash model and MF
-    if not (out / "hash" / "metrics.json").is_file():
-        _log("train the hash model (32-bit codes) and the 256-d MF baseline")
-        hc = hashing.HashConfig(max_epochs=cfg.hash_epochs, seed=cfg.seed)
-        mc = hashing.HashConfig(model="mf", d=256, lr=1e-3, weight_decay=1e-4, max_epochs=cfg.hash_epochs,
-                                patience=10, seed=cfg.seed)
-        pretrain(str(out / "data"), str(out / "hash"), hc, mc, resume=True, progress=progress)
-    cb = CodeBook.load(out / "hash" / "codebook.safetensors")
-    cb.check_dataset(prep)
-    hash_metrics = json.loads((out / "hash" / "metrics.json").read_text())
+    hc = hashing.HashConfig(d=cfg.bits, max_epochs=cfg.hash_epochs, seed=cfg.seed)
+    mc = hashing.HashConfig.mf_baseline(max_epochs=cfg.hash_epochs, seed=cfg.seed)
+    stages.pretrain(data_dir, out / "hash", hc, mc, resume=True, progress=progress)
+    codebook = out / "hash" / "codebook.safetensors"
 
-    # 3. row samples
-    rng = np.random.default_rng(cfg.seed)
-    samples = {
-        "train": _sample(np.flatnonzero(prep.mask("train")), cfg.train_rows, rng),
-        "valid": _sample(np.flatnonzero(prep.mask("valid_small")), cfg.valid_rows, rng),
-        "test": _sample(np.flatnonzero(prep.mask("test")), cfg.test_rows, rng),
-    }
-    _write_json(out / "samples.json", {k: v.tolist() for k, v in samples.items()})
-    rows = prep.rows
-    test = rows.iloc[samples["test"]]
-    tu, ty, tw = test["uid"].to_numpy(), test["label"].to_numpy(), test["not_cold"].to_numpy()
+    # 3. every method scored on the same test rows
+    sc = out / "scores"
+    files: dict[str, Path] = {}
+    for name, method in (("MF (256-d)", "mf"), (f"BinMF (hash model, {cfg.bits} bits)", "binmf")):
+        f = sc / f"{method}.npz"
+        stages.score(data_dir, f, method=method, rows=cfg.test_rows, seed=cfg.seed, codebook=codebook,
+                     hash_dir=out / "hash", progress=progress)
+        files[name] = f
 
-    # 4. MF and BinMF scores on the same test rows
-    results: dict[str, dict] = {}
-    device = scoring.resolve_device(cfg.device)
-    mf_scores = _baseline_scores(out, prep, samples["test"])
-    results["MF"] = metrics.evaluate(tu, ty, mf_scores, tw)
-    results["BinMF (hash model)"] = metrics.evaluate(tu, ty, cb.scores(tu, test["iid"].to_numpy()), tw)
+    # 4. LLM stages
+    for st in llm_stages(cfg):
+        pc = PromptConfig(kind=st.kind, domain=domain, code_style=st.style, max_titles=cfg.max_titles)
+        tc = tuning.TuneConfig(lr=st.lr, batch_size=cfg.batch_size, max_steps=st.steps, eval_steps=cfg.eval_steps,
+                               patience=cfg.patience, warmup_steps=min(20, st.steps // 10), lora_r=cfg.lora_r,
+                               lora_alpha=2 * cfg.lora_r, seed=cfg.seed)
+        if progress:
+            log(f"stage {st.label}")
+        adapter = stages.tune(data_dir, out / "llm" / st.key, pc, tc, codebook=codebook if pc.uses_codes else None,
+                              model=cfg.model, device=device, dtype=cfg.dtype,
+                              init_adapter=out / "llm" / st.init / "adapter" if st.init else None,
+                              train_rows=cfg.train_rows, valid_rows=cfg.valid_rows, seed=cfg.seed,
+                              max_length=cfg.max_length, progress=progress)
+        f = sc / f"{st.key}.npz"
+        stages.score(data_dir, f, method="llm", rows=cfg.test_rows, seed=cfg.seed, adapter=adapter,
+                     device=device, dtype=cfg.dtype, progress=progress)
+        files[st.label] = f
 
-    # 5. LLM stages
-    model_dir = str(scoring.default_model_dir(progress)) if cfg.model == scoring.DEFAULT_MODEL else cfg.model
-    use_cuda = device.startswith("cuda")
-    bf16 = use_cuda and scoring.resolve_dtype(cfg.dtype, device) == torch.bfloat16
-
-    def tokenized(pc: PromptConfig, tok: Any) -> dict:
-        builder = PromptBuilder(pc, prep.titles, cb if pc.uses_codes else None)
-        res = {}
-        for split, r in samples.items():
-            sub = rows.iloc[r]
-            hist = prep.history(r, pc.max_titles)
-            u, i = sub["uid"].to_numpy(), sub["iid"].to_numpy()
-
-            def build(pos, caps, u=u, i=i, hist=hist):
-                return builder.build(u[pos], i[pos], [hist[p] for p in pos], caps)
-
-            ids, _ = scoring.fit_prompts(tok, build, len(r), pc.max_titles, 1024)
-            res[split] = tuning.PromptSet(ids, sub["label"].to_numpy(), u)
-        return res
-
-    stages = [("text-only (step 1)", "text", "dotted", None, cfg.step1_steps, cfg.step1_lr, "text")]
-    stages.append((f"BinLLM ({cfg.code_style})", "text_codes", cfg.code_style, "text", cfg.step2_steps,
-                   cfg.step2_lr, f"binllm_{cfg.code_style}"))
-    if cfg.ablations:
-        stages += [("codes only (two-step)", "codes", "dotted", "text", cfg.step2_steps, cfg.step2_lr, "codes_only"),
-                   ("intuitive (one-step, dotted)", "text_codes", "dotted", None, cfg.step1_steps + cfg.step2_steps,
-                    cfg.step1_lr, "intuitive"),
-                   ("BinLLM (bits)" if cfg.code_style != "bits" else "BinLLM (dotted)", "text_codes",
-                    "bits" if cfg.code_style != "bits" else "dotted", "text", cfg.step2_steps, cfg.step2_lr,
-                    "binllm_bits" if cfg.code_style != "bits" else "binllm_dotted")]
-    curves: dict[str, list] = {}
-    token_counts: dict[str, float] = {}
-    for label, kind, style, init, steps, lr, key in stages:
-        stage_dir = out / "llm" / key
-        score_file = stage_dir / "test_scores.npy"
-        pc = PromptConfig(kind=kind, code_style=style, max_titles=cfg.max_titles)
-        if not score_file.is_file():
-            _log(f"tune {label}: {steps} steps at lr {lr}" + (f", continuing the {init} adapter" if init else ""))
-            base, tok = scoring.load_llm(model_dir, dtype=cfg.dtype, device=device, progress=progress)
-            sets = tokenized(pc, tok)
-            tc = tuning.TuneConfig(lr=lr, batch_size=cfg.batch_size, max_steps=steps, eval_steps=cfg.eval_steps,
-                                   patience=cfg.patience, warmup_steps=min(20, steps // 10), seed=cfg.seed)
-            init_dir = out / "llm" / init / "adapter" if init else None
-            meta = {"prompt": dataclasses.asdict(pc), "codebook_fingerprint": cb.fingerprint if pc.uses_codes else None,
-                    "model": model_dir}
-            res = tuning.tune(base, tok, sets["train"], sets["valid"], tc, stage_dir, init_adapter=init_dir,
-                              meta=meta, progress=progress, use_cpu=not use_cuda, bf16=bf16)
-            _log(f"score {len(samples['test'])} test prompts with the best {label} adapter")
-            scorer = scoring.Scorer(res.model, tok, batch_size=16)
-            s = scorer.score_ids(sets["test"].ids, progress=progress, desc=f"score {key}")
-            stage_dir.mkdir(parents=True, exist_ok=True)
-            np.save(stage_dir / "test_scores.tmp.npy", s)
-            os.replace(stage_dir / "test_scores.tmp.npy", score_file)
-            _write_json(stage_dir / "tokens.json", {"mean_prompt_tokens": float(np.mean([len(x) for x in sets["test"].ids]))})
-            del res, base
-        s = np.load(score_file)
-        results[label] = metrics.evaluate(tu, ty, s, tw)
-        info = json.loads((stage_dir / "adapter" / "binllm.json").read_text())
-        curves[label] = [(h["step"], h["eval_auc"]) for h in info["history"]]
-        token_counts[label] = json.loads((stage_dir / "tokens.json").read_text())["mean_prompt_tokens"]
-
-    # 6. results
-    full_test = {"MF": hash_metrics["mf"], "BinMF (hash model)": hash_metrics["hash"]}
-    summary = {
-        "config": dataclasses.asdict(cfg),
-        "test_rows": int(len(samples["test"])),
-        "test_rows_warm": int(tw.sum()),
-        "results": results,
-        "hash_models_on_full_test": full_test,
-        "item_positive_rate_auc": _item_rate_auc(prep, test),
-        "known_user_rows": int(tw.sum()),
-        "mean_prompt_tokens": token_counts,
-        "valid_auc_curves": curves,
-        "seconds": time.perf_counter() - t_start,
-    }
-    _write_json(out / "results.json", summary)
-    table = _results_markdown(summary)
-    tmp = out / "results.md.tmp"
-    tmp.write_text(table)
-    os.replace(tmp, out / "results.md")
-    _plot(curves, out / "valid_auc.png")
-    _log("results:\n" + table)
+    # 5. the table
+    main_llm = f"BinLLM ({cfg.code_style})"
+    pairs = [(main_llm, "text-only (step 1)"), (main_llm, f"BinMF (hash model, {cfg.bits} bits)"),
+             (main_llm, "item popularity")]
+    notes = _notes(cfg, out, prep, time.perf_counter() - t_start)
+    summary = stages.evaluate(data_dir, files, out / "results", pairs=pairs, n_boot=cfg.n_boot, seed=cfg.seed,
+                              title=f"binllm run: {prep.meta.get('source', '?')} / "
+                                    f"{prep.meta.get('protocol', {}).get('name', '?')}, {cfg.model}", notes=notes)
+    if progress:
+        log("results:\n" + (out / "results.md").read_text())
     return summary
 
 
-def _baseline_scores(out: Path, prep: Any, test_rows: np.ndarray) -> np.ndarray:
-    """MF scores of the test sample from the MF checkpoint's best state."""
-    import torch
-
-    from . import hashing
-
-    ck = torch.load(out / "hash" / "mf" / "checkpoint.pt", weights_only=False)
-    cfg = hashing.HashConfig(**ck["config"])
-    model = hashing.build_model(cfg, prep.n_user_slots, prep.n_item_slots)
-    model.load_state_dict(ck["state"]["best_state"] or ck["model"])
-    r = prep.rows.iloc[test_rows]
-    u = torch.from_numpy(r["uid"].to_numpy().astype(np.int64))
-    i = torch.from_numpy(r["iid"].to_numpy().astype(np.int64))
-    return model.binary_scores(u, i).numpy()
-
-
-def _item_rate_auc(prep: Any, test: Any) -> float:
-    """AUC of a popularity-style baseline: each item's positive rate in train."""
-    tr = prep.split("train")
-    rate = np.full(prep.n_item_slots, tr["label"].mean())
-    g = tr.groupby("iid")["label"].mean()
-    rate[g.index.to_numpy()] = g.to_numpy()
-    return metrics.auc(test["label"].to_numpy(), rate[test["iid"].to_numpy()])
-
-
-def _results_markdown(s: dict) -> str:
-    c = s["config"]
-    lines = [f"# binllm run: ML-100K, {c['model']}", "",
-             f"Test sample: {s['test_rows']} rows ({s['test_rows_warm']} warm = user and item seen in train); "
-             f"LLM tuning on {c['train_rows'] or 'all'} train rows, model selection on {c['valid_rows'] or 'all'} "
-             f"valid_small rows; step 1 {c['step1_steps']} steps (lr {c['step1_lr']}), step 2 {c['step2_steps']} "
-             f"steps (lr {c['step2_lr']}), batch {c['batch_size']}, {c['max_titles']} history titles.", "",
-             metrics.table(s["results"]), "",
-             f"Item positive-rate baseline AUC on the same rows: {s['item_positive_rate_auc']:.4f}.", "",
-             "Hash model and MF on the whole test split:", "", metrics.table(s["hash_models_on_full_test"]), "",
-             "Mean prompt tokens: " + ", ".join(f"{k}: {v:.0f}" for k, v in s["mean_prompt_tokens"].items()), "",
-             f"Wall time: {s['seconds'] / 60:.1f} min.", ""]
-    return "\n".join(lines)
-
-
-def _plot(curves: dict, path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, pts in curves.items():
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
-    ax.set_xlabel("step")
-    ax.set_ylabel("valid AUC")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def _notes(cfg: RunConfig, out: Path, prep: object, seconds: float) -> list[str]:
+    """Lines under the table: the settings, prompt lengths, validation curves, wall time."""
+    lines = [f"Settings: LLM tuning on {cfg.train_rows or 'all'} train rows, model selection on "
+             f"{cfg.valid_rows or 'all'} valid_small rows; step 1 {cfg.step1_steps} steps (lr {cfg.step1_lr}), "
+             f"step 2 {cfg.step2_steps} steps (lr {cfg.step2_lr}), batch {cfg.batch_size}, LoRA r {cfg.lora_r}, "
+             f"{cfg.max_titles} history titles, {cfg.bits}-bit codes, seed {cfg.seed}.", ""]
+    hm = out / "hash" / "metrics.json"
+    if hm.is_file():
+        m = json.loads(hm.read_text())
+        h = m.get("hash", {})
+        if h:
+            lines.append(f"Hash model on the whole test split: AUC {h.get('auc', float('nan')):.4f}, "
+                         f"UAUC {h.get('uauc', float('nan')):.4f}; best epoch {h.get('best_epoch')}; "
+                         f"{h.get('user_distinct', h.get('distinct_user_codes', '?'))} distinct user codes, "
+                         f"{h.get('item_distinct', h.get('distinct_item_codes', '?'))} item codes.")
+        if m.get("mf"):
+            lines.append(f"MF on the whole test split: AUC {m['mf'].get('auc', float('nan')):.4f}, "
+                         f"UAUC {m['mf'].get('uauc', float('nan')):.4f}.")
+        lines.append("")
+    for st in llm_stages(cfg):
+        info = out / "llm" / st.key / "adapter" / "binllm.json"
+        if info.is_file():
+            j = json.loads(info.read_text())
+            curve = ", ".join(f"{h['step']}: {h['eval_auc']:.3f}" for h in j.get("history", []))
+            tok = j.get("meta", {}).get("mean_prompt_tokens")
+            lines.append(f"- {st.label}: {tok:.0f} prompt tokens on average; valid AUC by step: {curve}"
+                         if tok else f"- {st.label}: valid AUC by step: {curve}")
+    lines += ["", f"Wall time of this call: {seconds / 60:.1f} min (stages already finished are skipped)."]
+    return lines

@@ -21,6 +21,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import metrics
+from ._io import atomic_write_json
+from .progress import log
 from .scoring import answer_token_ids, collate_left, last_logits
 
 
@@ -135,19 +137,21 @@ def _trainer_class():
             inputs = self._prepare_inputs(inputs)
             with torch.no_grad():
                 loss, yes = self.compute_loss(model, inputs, return_outputs=True)
-            both = torch.stack([inputs["labels"], inputs["users"].float()], -1)
-            return loss.detach(), yes.detach(), both
+            # users stay int64 (a float32 round trip merges user ids above 2**24 in UAUC)
+            return loss.detach(), yes.detach(), (inputs["labels"], inputs["users"])
 
     return YesNoTrainer
 
 
 def _compute_metrics(pred) -> dict:
     scores = np.asarray(pred.predictions).reshape(-1)
-    lab = np.asarray(pred.label_ids).reshape(-1, 2)
-    y, u = lab[:, 0].astype(np.int64), lab[:, 1].astype(np.int64)
+    labels, users = pred.label_ids
+    y, u = np.asarray(labels).reshape(-1).astype(np.int64), np.asarray(users).reshape(-1).astype(np.int64)
     a = metrics.auc(y, scores)
     ua = metrics.uauc(u, y, scores)[0]
-    return {"auc": float(a) if np.isfinite(a) else 0.5, "uauc": float(ua) if np.isfinite(ua) else 0.5}
+    # An undefined AUC (one class in the sample) counts as chance for early stopping, and the history says so.
+    return {"auc": float(a) if np.isfinite(a) else 0.5, "uauc": float(ua) if np.isfinite(ua) else 0.5,
+            "auc_undefined": float(not np.isfinite(a)), "uauc_undefined": float(not np.isfinite(ua))}
 
 
 @dataclass
@@ -168,7 +172,7 @@ def tune(base_model: Any, tokenizer: Any, train: PromptSet, valid: PromptSet, cf
     prompt config and code book fingerprint, and the evaluation history)."""
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
-    from transformers import EarlyStoppingCallback, TrainingArguments
+    from transformers import EarlyStoppingCallback, TrainerCallback, TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
 
     yes_id, no_id = answer_token_ids(tokenizer)
@@ -194,10 +198,19 @@ def tune(base_model: Any, tokenizer: Any, train: PromptSet, valid: PromptSet, cf
         report_to=[], use_cpu=use_cpu, bf16=bf16, seed=cfg.seed, data_seed=cfg.seed,
         remove_unused_columns=False, dataloader_num_workers=0, ddp_find_unused_parameters=False,
         disable_tqdm=not progress or not sys.stderr.isatty(), label_names=["labels", "users"], save_only_model=False)
+    class _LogEvaluations(TrainerCallback):
+        """One line per evaluation round, so a log (no progress bar) shows how tuning goes."""
+
+        def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kw: Any) -> None:
+            if progress and state.is_world_process_zero and metrics:
+                best = state.best_metric if state.best_metric is not None else float("nan")
+                log(f"tune: step {state.global_step}/{state.max_steps}: valid AUC {metrics.get('eval_auc', 0):.4f} "
+                    f"UAUC {metrics.get('eval_uauc', 0):.4f} (best so far {max(best, metrics.get('eval_auc', 0)):.4f})")
+
     trainer = _trainer_class()(
         model=model, args=args, train_dataset=_Rows(train), eval_dataset=_Rows(valid),
         data_collator=_Collator(tokenizer.pad_token_id), compute_metrics=_compute_metrics,
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience)],
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience), _LogEvaluations()],
         yes_id=yes_id, no_id=no_id, loss_kind=cfg.loss)
     last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
     trainer.train(resume_from_checkpoint=last)
@@ -207,7 +220,5 @@ def tune(base_model: Any, tokenizer: Any, train: PromptSet, valid: PromptSet, cf
     if trainer.is_world_process_zero():
         info = {"tune_config": asdict(cfg), "meta": meta or {}, "history": history,
                 "best_auc": trainer.state.best_metric, "init_adapter": str(init_adapter) if init_adapter else None}
-        tmp = adapter / "binllm.json.tmp"
-        tmp.write_text(json.dumps(info, indent=1, default=str))
-        os.replace(tmp, adapter / "binllm.json")
+        atomic_write_json(adapter / "binllm.json", json.loads(json.dumps(info, default=str)))
     return TuneResult(trainer.model, adapter, history, trainer.state.best_metric)

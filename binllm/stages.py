@@ -1,0 +1,567 @@
+"""The stages of the main job as library functions: prepare, pretrain, tune, score, evaluate.
+
+Each stage reads and writes one documented place, writes atomically, is skipped
+when its finished outputs exist, and resumes when it was interrupted. The
+command line (``binllm prepare | pretrain | tune | score | evaluate``) and the
+composition :func:`binllm.pipeline.run` are thin layers over these functions.
+
+Layout of a run folder (``binllm run --out RUN``; each stage can also be run on
+its own with any of these paths)::
+
+    RUN/run_config.json           the RunConfig of the last call
+    RUN/data/                     prepared dataset (binllm prepare): rows.parquet, items, users, meta.json
+    RUN/hash/                     hash model + MF baseline (binllm pretrain)
+        codebook.safetensors      packed user/item codes, id maps, config, metrics, checksum
+        metrics.json              full-test metrics of both models, code statistics
+        hash/checkpoint.pt, mf/checkpoint.pt   resumable training state (private to binllm.hashing)
+    RUN/samples.json              row numbers of the train / valid / test samples (fixed by the seed)
+    RUN/llm/<name>/adapter/       a tuned LoRA adapter (binllm tune) + binllm.json (configs, history)
+    RUN/llm/<name>/checkpoints/   Trainer checkpoints, removed once the adapter is final
+    RUN/scores/<name>.npz         scores of one method (binllm score): rows, scores, meta
+    RUN/results.{md,json,png}     the metrics table with intervals (binllm evaluate)
+
+A score file is a numpy ``.npz`` with ``rows`` (int64 row numbers of the
+prepared dataset), ``scores`` (float32) and ``meta`` (a JSON string: method,
+split, model, adapter); it never holds pickled objects.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+import zlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from . import metrics
+from ._io import atomic_save, atomic_write_json, atomic_write_text
+from .progress import Progress, log
+
+if TYPE_CHECKING:  # heavy imports only for type checkers
+    from .codebook import CodeBook
+    from .data import Prepared
+    from .hashing import HashConfig
+    from .prompts import PromptConfig
+    from .tuning import TuneConfig
+
+SCORE_METHODS = ("llm", "binmf", "mf", "popularity")
+SAMPLE_SPLITS = ("train", "valid_small", "valid", "test")
+
+
+class StageError(ValueError):
+    """A stage cannot run as asked (missing input, mismatched outputs); the message says what to do."""
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _same(a: object, b: object) -> bool:
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def sample_rows(prep: "Prepared", split: str, n: int | None, seed: int = 0) -> np.ndarray:
+    """Row numbers of a uniform sample of `n` rows of `split` (all rows when n is None
+    or larger), sorted. The same (dataset, split, n, seed) always gives the same rows,
+    whatever other samples were drawn, so every stage and machine agrees on them."""
+    if split not in SAMPLE_SPLITS:
+        raise ValueError(f"split must be one of {SAMPLE_SPLITS}; got {split!r}")
+    if n is not None and n < 1:
+        raise ValueError(f"the sample size of {split} must be >= 1 or None (all rows); got {n}")
+    rows = np.flatnonzero(prep.mask(split))
+    if n is None or n >= len(rows):
+        return rows
+    rng = np.random.default_rng([seed, zlib.crc32(split.encode())])
+    return np.sort(rng.choice(rows, size=n, replace=False))
+
+
+def _dist() -> tuple[int, int]:
+    """(rank, world size) of a torchrun / accelerate launch; (0, 1) otherwise."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+# ---------------------------------------------------------------------------- prepare
+
+
+def prepare(out: str | os.PathLike, source: str = "ml-100k", path: str | None = None, meta: str | None = None,
+            protocol: str | None = None, columns: str | None = None, history_len: int | None = None,
+            missing_titles: str | None = None, trust_pickles: bool = False, progress: bool = True) -> "Prepared":
+    """Reads a dataset, applies its protocol and writes the prepared folder `out`.
+
+    Skipped (the folder is loaded) when `out` already holds a prepared dataset.
+    `source`: 'ml-100k' (embedded), 'ml-1m', 'amazon-book', 'table' (CSV/Parquet
+    with `columns`), 'reference' (the reference pickles; needs trust_pickles)."""
+    from . import data
+
+    out_p = Path(out)
+    if (out_p / "meta.json").is_file():
+        prep = data.load_prepared(out_p)
+        if progress:
+            log(f"prepare: {out_p} exists, skipped (delete it to prepare again)")
+        return prep
+    if source == "reference":
+        if not path:
+            raise StageError("source 'reference' needs a path: the folder of train/valid/test pickles")
+        prep = data.read_reference_pickles(path, trust_pickles=trust_pickles)
+    else:
+        kw: dict[str, str] = {}
+        if source == "table":
+            if not columns:
+                raise StageError("source 'table' needs columns: user,item,rating,timestamp[,title]")
+            kw = data.parse_columns(columns)
+        if missing_titles is not None:
+            kw["missing_titles"] = missing_titles
+        ratings = data.load_source(source, path, meta, **kw)
+        name = protocol or data.default_protocol(source)
+        if name not in data.PROTOCOLS:
+            raise StageError(f"protocol must be one of {sorted(data.PROTOCOLS)}; got {name!r}")
+        p = data.PROTOCOLS[name]
+        if history_len is not None:
+            p = dataclasses.replace(p, history_len=history_len)
+        prep = data.prepare(ratings, p)
+    prep.save(out_p)
+    if progress:
+        log(f"prepare: wrote {out_p}\n{prep.summary()}")
+    return prep
+
+
+# ---------------------------------------------------------------------------- pretrain
+
+
+def pretrain(data_dir: str | os.PathLike, out: str | os.PathLike, cfg: "HashConfig",
+             mf_cfg: "HashConfig | None" = None, resume: bool = True, progress: bool = True) -> dict:
+    """Trains the hash model (and the MF baseline when `mf_cfg` is given) on a
+    prepared dataset; writes ``out/codebook.safetensors`` and ``out/metrics.json``.
+
+    Skipped when ``metrics.json`` exists with the same configs (a different config
+    is an error, so finished results are never silently replaced); an interrupted
+    run resumes from its checkpoints when `resume` (else hashing refuses to
+    overwrite them). Returns the metrics dict (per model: full-test metrics)."""
+    from . import data, hashing, threads
+    from .codebook import CodeBook
+
+    out_p = Path(out)
+    want = {"hash": dataclasses.asdict(cfg), "mf": dataclasses.asdict(mf_cfg) if mf_cfg else None}
+    mfile = out_p / "metrics.json"
+    if mfile.is_file():
+        done = json.loads(mfile.read_text())
+        if not _same(done.get("configs"), want):
+            raise StageError(f"{out_p} holds a hash model trained with other settings; "
+                             "use another --out or delete the folder")
+        if progress:
+            log(f"pretrain: {out_p} is finished, skipped")
+        return done
+    prep = data.load_prepared(data_dir)
+    results: dict[str, object] = {"configs": want}
+    with threads.stage("hash"):
+        te = hashing.SplitTensors.of(prep, "test")
+        for name, c in (("hash", cfg), ("mf", mf_cfg)):
+            if c is None:
+                continue
+            if progress:
+                log(f"pretrain: train the {'hash model' if name == 'hash' else 'MF baseline'} "
+                    f"(d={c.d}, lr={c.lr}, wd={c.weight_decay}, at most {c.max_epochs} epochs)")
+            res = hashing.train(prep, c, out_p / name, resume=resume, progress=progress)
+            m = hashing.evaluate(res.model, te)
+            m.update(best_epoch=res.best_epoch, epochs=res.epochs_run, valid_auc=res.best_valid_auc,
+                     seconds=res.seconds, seconds_per_epoch=res.seconds / max(res.epochs_run, 1))
+            if name == "hash":
+                cb = CodeBook.from_model(res.model, prep, dataclasses.asdict(c), m)
+                for side in ("user", "item"):
+                    codes = cb.user_codes[1:] if side == "user" else cb.item_codes[1:]
+                    for k, v in hashing.code_stats(codes, c.d).items():
+                        m[f"{side}_{k}"] = v
+                cb.metrics = m
+                cb.save(out_p / "codebook.safetensors")
+            results[name] = m
+    atomic_write_json(mfile, results)
+    return results
+
+
+# ---------------------------------------------------------------------------- tune
+
+
+def _prompt_sets(prep: "Prepared", cb: "CodeBook | None", pc: "PromptConfig", tok: object,
+                 splits: dict[str, np.ndarray], max_length: int) -> dict:
+    """Tokenized prompts (with labels and users) of row-number samples."""
+    from . import scoring, tuning
+    from .prompts import PromptBuilder
+
+    builder = PromptBuilder(pc, prep.titles, cb if pc.uses_codes else None)
+    res = {}
+    for split, r in splits.items():
+        sub = prep.rows.iloc[r]
+        hist = prep.history(r, pc.max_titles)
+        u, i = sub["uid"].to_numpy(), sub["iid"].to_numpy()
+
+        def build(pos: np.ndarray, caps: np.ndarray, u: np.ndarray = u, i: np.ndarray = i,
+                  hist: list = hist) -> list[str]:
+            return builder.build(u[pos], i[pos], [hist[p] for p in pos], caps)
+
+        ids, _ = scoring.fit_prompts(tok, build, len(r), pc.max_titles, max_length)
+        res[split] = tuning.PromptSet(ids, sub["label"].to_numpy(), u.astype(np.int64))
+    return res
+
+
+def _prompt_config(prep: "Prepared", kind: str, code_style: str, max_titles: int, domain: str | None,
+                   template: str | None = None) -> "PromptConfig":
+    from .prompts import PromptConfig
+
+    return PromptConfig(kind=kind, domain=domain or dataset_domain(prep), code_style=code_style,
+                        max_titles=max_titles, template=template)
+
+
+def dataset_domain(prep: "Prepared") -> str:
+    """'movie' or 'book': the prompt wording the dataset's metadata asks for."""
+    dom = getattr(prep, "domain", None)
+    if isinstance(dom, str):
+        return dom
+    name = str(prep.meta.get("protocol", {}).get("name", ""))
+    return "book" if "amazon" in name or "book" in name else "movie"
+
+
+def _load_codebook(path: str | os.PathLike | None, prep: "Prepared", needed: bool) -> "CodeBook | None":
+    from .codebook import CodeBook
+
+    if path is None:
+        if needed:
+            raise StageError("these prompts have code fields: give the code book (--codebook)")
+        return None
+    cb = CodeBook.load(path)
+    cb.check_dataset(prep)
+    return cb
+
+
+def tune(data_dir: str | os.PathLike, out: str | os.PathLike, prompt: "PromptConfig", cfg: "TuneConfig",
+         codebook: str | os.PathLike | None = None, model: str = "smollm2", device: str = "auto",
+         dtype: str = "auto", init_adapter: str | os.PathLike | None = None, train_rows: int | None = None,
+         valid_rows: int | None = None, seed: int = 0, max_length: int = 1024, progress: bool = True) -> Path:
+    """One LoRA tuning step: prompts of `prompt` kind on a sample of train rows,
+    model selection on a sample of valid_small rows; writes ``out/adapter``.
+
+    Skipped when ``out/adapter/binllm.json`` exists (the adapter is final);
+    resumes from the last Trainer checkpoint in ``out/checkpoints``. For two-step
+    tuning, give the first step's adapter as `init_adapter`. Under ``torchrun`` /
+    ``accelerate launch`` every process runs this function and the Trainer does
+    DDP (or FSDP / DeepSpeed from the accelerate config); rank 0 writes."""
+    from . import data, scoring, threads, tuning
+
+    out_p = Path(out)
+    info_file = out_p / "adapter" / "binllm.json"
+    if info_file.is_file():
+        if progress:
+            log(f"tune: {out_p / 'adapter'} is final, skipped")
+        return out_p / "adapter"
+    if init_adapter is not None and not (Path(init_adapter) / "adapter_config.json").is_file():
+        raise StageError(f"init_adapter {init_adapter} is not a LoRA adapter folder (no adapter_config.json)")
+    prep = data.load_prepared(data_dir)
+    cb = _load_codebook(codebook, prep, prompt.uses_codes)
+    dev = scoring.resolve_device(device)
+    use_cuda = dev.startswith("cuda")
+    bf16 = scoring.resolve_dtype(dtype, dev) == _torch_bf16()
+    with threads.stage("llm"):
+        # On a CPU the weights stay float32 and the Trainer's bf16 autocast does the matmuls (where AMX makes
+        # that fast): LoRA updates accumulate in float32. On a GPU the weights load in the compute dtype.
+        base, tok = scoring.load_llm(model, dtype=dtype if use_cuda else "float32", device=dev, progress=progress)
+        samples = {"train": sample_rows(prep, "train", train_rows, seed),
+                   "valid": sample_rows(prep, "valid_small", valid_rows, seed)}
+        sets = _prompt_sets(prep, cb, prompt, tok, samples, max_length)
+        meta = {"prompt": dataclasses.asdict(prompt), "model": str(model), "data": str(data_dir),
+                "codebook": str(codebook) if codebook else None,
+                "codebook_fingerprint": cb.fingerprint if cb is not None else None,
+                "train_rows": len(samples["train"]), "valid_rows": len(samples["valid"]),
+                "max_length": max_length, "seed": seed,
+                "mean_prompt_tokens": float(np.mean([len(x) for x in sets["train"].ids]))}
+        if progress:
+            log(f"tune: {cfg.max_steps} steps at lr {cfg.lr}, batch {cfg.batch_size}, "
+                f"{len(samples['train'])} train / {len(samples['valid'])} valid prompts "
+                f"(~{meta['mean_prompt_tokens']:.0f} tokens)" + (f", from {init_adapter}" if init_adapter else ""))
+        meta["bf16"] = bf16
+        res = tuning.tune(base, tok, sets["train"], sets["valid"], cfg, out_p, init_adapter=init_adapter, meta=meta,
+                          progress=progress, use_cpu=not use_cuda, bf16=bf16)
+    rank, _ = _dist()
+    if rank == 0 and (out_p / "checkpoints").is_dir() and info_file.is_file():
+        shutil.rmtree(out_p / "checkpoints", ignore_errors=True)  # the adapter is final; checkpoints only resume
+    return res.adapter_dir
+
+
+def _torch_bf16() -> object:
+    import torch
+
+    return torch.bfloat16
+
+
+# ---------------------------------------------------------------------------- score
+
+
+def read_scores(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(rows, scores, meta) of a score file written by :func:`score`."""
+    p = Path(path)
+    if not p.is_file():
+        raise StageError(f"score file not found: {p}")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            rows, scores, meta = z["rows"], z["scores"], json.loads(str(z["meta"]))
+    except (OSError, KeyError, ValueError) as e:
+        raise StageError(f"{p} is not a binllm score file ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+                         ) from None
+    if rows.ndim != 1 or rows.shape != scores.shape:
+        raise StageError(f"{p}: rows and scores must be 1-D arrays of one length")
+    return rows.astype(np.int64), scores.astype(np.float32), meta
+
+
+def write_scores(path: str | os.PathLike, rows: np.ndarray, scores: np.ndarray, meta: dict) -> Path:
+    """Writes a score file atomically (see :func:`read_scores`)."""
+    p = Path(path)
+    if p.suffix != ".npz":
+        raise StageError(f"a score file must end in .npz; got {p}")
+
+    def writer(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, rows=np.asarray(rows, np.int64), scores=np.asarray(scores, np.float32),
+                     meta=np.array(json.dumps(meta, default=str)))
+
+    atomic_save(p, writer)
+    return p
+
+
+def baseline_scores(prep: "Prepared", method: str, rows: np.ndarray, codebook: str | os.PathLike | None = None,
+                    hash_dir: str | os.PathLike | None = None) -> np.ndarray:
+    """Scores of a non-LLM method on row numbers: 'binmf' (the code book's +-1
+    inner products), 'mf' (the MF baseline's best state, from `hash_dir`) or
+    'popularity' (each item's smoothed positive rate in train)."""
+    r = prep.rows.iloc[rows]
+    u, i = r["uid"].to_numpy(), r["iid"].to_numpy()
+    if method == "binmf":
+        cb = _load_codebook(codebook, prep, True)
+        assert cb is not None
+        return cb.scores(u, i).astype(np.float32)
+    if method == "mf":
+        if hash_dir is None:
+            raise StageError("method 'mf' needs the pretrain folder (--hash-dir) with the MF baseline")
+        import torch
+
+        from . import hashing
+
+        mf_dir = Path(hash_dir) / "mf"
+        if not (mf_dir / "checkpoint.pt").is_file():
+            raise StageError(f"{hash_dir} has no MF baseline (mf/checkpoint.pt); run pretrain with --mf")
+        model = hashing.load_best(mf_dir)
+        with torch.no_grad():
+            return model.binary_scores(torch.from_numpy(u.astype(np.int64)),
+                                       torch.from_numpy(i.astype(np.int64))).numpy().astype(np.float32)
+    if method == "popularity":
+        tr = prep.split("train")
+        return metrics.item_positive_rate_scores(tr["iid"].to_numpy(), tr["label"].to_numpy(),
+                                                 prep.n_item_slots)[i].astype(np.float32)
+    raise StageError(f"method must be one of {SCORE_METHODS}; got {method!r}")
+
+
+def score(data_dir: str | os.PathLike, out: str | os.PathLike, method: str = "llm", split: str = "test",
+          rows: int | None = None, seed: int = 0, model: str = "smollm2", adapter: str | os.PathLike | None = None,
+          codebook: str | os.PathLike | None = None, hash_dir: str | os.PathLike | None = None,
+          prompt: "PromptConfig | None" = None, device: str = "auto", dtype: str = "auto", batch_size: int = 16,
+          max_length: int = 1024, progress: bool = True) -> np.ndarray | None:
+    """Scores a split (or a sample of `rows` rows of it) and writes the score file `out`.
+
+    `method` 'llm' scores Yes/No prompts with `model` (+ `adapter`: its prompt
+    settings and code book are read from the adapter's binllm.json; without an
+    adapter `prompt` gives them, zero-shot); 'binmf', 'mf', 'popularity' see
+    :func:`baseline_scores`. Skipped when `out` exists for the same rows. Under
+    ``torchrun`` each rank scores an interleaved share of the rows and rank 0
+    gathers and writes; returns the scores on rank 0 and None elsewhere."""
+    from . import data
+
+    if method not in SCORE_METHODS:
+        raise StageError(f"method must be one of {SCORE_METHODS}; got {method!r}")
+    if batch_size < 1:
+        raise StageError(f"batch_size must be >= 1; got {batch_size}")
+    out_p = Path(out)
+    prep = data.load_prepared(data_dir)
+    r = sample_rows(prep, split, rows, seed)
+    rank, world = _dist()
+    if out_p.is_file():
+        done_rows, done, _ = read_scores(out_p)
+        if np.array_equal(done_rows, r):
+            if progress and rank == 0:
+                log(f"score: {out_p} exists for these {len(r)} rows, skipped")
+            return done if rank == 0 else None
+        raise StageError(f"{out_p} holds scores of other rows; use another output file or delete it")
+    meta: dict[str, object] = {"method": method, "split": split, "rows": rows, "seed": seed, "data": str(data_dir)}
+    if method != "llm":
+        s = baseline_scores(prep, method, r, codebook, hash_dir)
+        meta.update(codebook=str(codebook) if codebook else None, hash_dir=str(hash_dir) if hash_dir else None)
+        if rank == 0:
+            write_scores(out_p, r, s, meta)
+        return s if rank == 0 else None
+    s_all = _score_llm(prep, r, model, adapter, codebook, prompt, device, dtype, batch_size, max_length, progress,
+                       meta)
+    if s_all is None:
+        return None
+    write_scores(out_p, r, s_all, meta)
+    if progress:
+        log(f"score: wrote {len(r)} scores to {out_p}")
+    return s_all
+
+
+def _score_llm(prep: "Prepared", r: np.ndarray, model: str, adapter: str | os.PathLike | None,
+               codebook: str | os.PathLike | None, prompt: "PromptConfig | None", device: str, dtype: str,
+               batch_size: int, max_length: int, progress: bool, meta: dict) -> np.ndarray | None:
+    from . import scoring, threads
+    from .prompts import PromptConfig
+
+    rank, world = _dist()
+    if adapter is not None:
+        info_file = Path(adapter) / "binllm.json"
+        if not info_file.is_file():
+            raise StageError(f"adapter {adapter} has no binllm.json: not an adapter written by binllm tune")
+        info = json.loads(info_file.read_text())["meta"]
+        pc = PromptConfig(**info["prompt"]) if prompt is None else prompt
+        if codebook is None and info.get("codebook"):
+            codebook = info["codebook"]
+        if model == scoring.DEFAULT_MODEL and info.get("model"):
+            model = info["model"]
+        max_length = int(info.get("max_length", max_length))
+    else:
+        pc = prompt if prompt is not None else PromptConfig(kind="text", domain=dataset_domain(prep))
+    cb = _load_codebook(codebook, prep, pc.uses_codes)
+    if adapter is not None and cb is not None:
+        want = json.loads((Path(adapter) / "binllm.json").read_text())["meta"].get("codebook_fingerprint")
+        if want and want != cb.fingerprint:
+            raise StageError(f"code book {codebook} is not the one adapter {adapter} was tuned with")
+    meta.update(model=str(model), adapter=str(adapter) if adapter else None, prompt=dataclasses.asdict(pc),
+                codebook=str(codebook) if codebook else None)
+    dev = scoring.resolve_device(device)
+    if world > 1 and dev.startswith("cuda"):
+        import torch
+
+        dev = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        torch.cuda.set_device(dev)
+    mine = np.arange(rank, len(r), world)  # interleaved shares: equal prompt lengths on every rank
+    with threads.stage("llm"):
+        lm, tok = scoring.load_llm(model, dtype=dtype, device=dev, progress=progress and rank == 0)
+        if adapter is not None:
+            from peft import PeftModel
+
+            lm = PeftModel.from_pretrained(lm, str(adapter))
+        sets = _prompt_sets(prep, cb, pc, tok, {"rows": r[mine]}, max_length)
+        meta["mean_prompt_tokens"] = float(np.mean([len(x) for x in sets["rows"].ids])) if len(mine) else 0.0
+        scorer = scoring.Scorer(lm, tok, batch_size=batch_size)
+        t0 = time.perf_counter()
+        s_mine = scorer.score_ids(sets["rows"].ids, progress=progress and rank == 0, desc="score prompts")
+        meta["seconds"] = time.perf_counter() - t0
+    if world == 1:
+        return s_mine
+    import torch.distributed as tdist
+
+    if not tdist.is_initialized():
+        tdist.init_process_group(backend="nccl" if dev.startswith("cuda") else "gloo")
+    parts: list = [None] * world
+    tdist.all_gather_object(parts, (mine, s_mine))
+    if rank != 0:
+        return None
+    s_all = np.empty(len(r), np.float32)
+    for idx, s in parts:
+        s_all[idx] = s
+    return s_all
+
+
+# ---------------------------------------------------------------------------- evaluate
+
+
+def evaluate(data_dir: str | os.PathLike, score_files: dict[str, str | os.PathLike] | Sequence[str | os.PathLike],
+             out: str | os.PathLike | None = None, pairs: Sequence[tuple[str, str]] = (), popularity: bool = True,
+             n_boot: int = 1000, seed: int = 0, title: str | None = None, notes: Sequence[str] = ()) -> dict:
+    """Metrics of any set of score files on the same rows, with 95% bootstrap intervals.
+
+    Rows of the table: each score file (named by the dict key, else the file
+    stem), plus the item-popularity baseline (`popularity`). `pairs` (a, b) add
+    paired-bootstrap intervals of a - b. Counts of warm and cold rows are part of
+    the result. With `out` (a path without suffix) writes out.md, out.json and
+    out.png atomically. Returns the result dict."""
+    from . import data
+
+    files = dict(score_files) if isinstance(score_files, dict) else {Path(f).stem: f for f in score_files}
+    if not files:
+        raise StageError("evaluate needs at least one score file")
+    prep = data.load_prepared(data_dir)
+    rows = None
+    scores: dict[str, np.ndarray] = {}
+    for name, f in files.items():
+        r, s, _ = read_scores(f)
+        if rows is None:
+            rows = r
+        elif not np.array_equal(rows, r):
+            raise StageError(f"score file {f} ({name}) covers other rows than {next(iter(files.values()))}; "
+                             "score every method on the same rows (same --split, --rows, --seed)")
+        if len(r) and (r.min() < 0 or r.max() >= len(prep.rows)):
+            raise StageError(f"score file {f} has row numbers outside the dataset {data_dir}")
+        scores[name] = s
+    assert rows is not None
+    if popularity:
+        scores["item popularity"] = baseline_scores(prep, "popularity", rows)
+    sub = prep.rows.iloc[rows]
+    u, y, w = sub["uid"].to_numpy(), sub["label"].to_numpy(), sub["not_cold"].to_numpy().astype(bool)
+    res = {name: metrics.evaluate(u, y, s, w, n_boot=n_boot, seed=seed) for name, s in scores.items()}
+    diffs = {}
+    for a, b in pairs:
+        if a not in scores or b not in scores:
+            raise StageError(f"pair ({a!r}, {b!r}) names a method without scores; have {sorted(scores)}")
+        diffs[f"{a} - {b}"] = metrics.paired_bootstrap(u, y, scores[a], scores[b], n_boot=n_boot, seed=seed)
+    summary = {"rows": int(len(rows)), "warm_rows": int(w.sum()), "cold_rows": int((~w).sum()),
+               "users": int(len(np.unique(u))), "positive_rate": float(y.mean()) if len(y) else float("nan"),
+               "results": res, "differences": diffs, "n_boot": n_boot, "files": {k: str(v) for k, v in files.items()}}
+    if out is not None:
+        out_p = Path(out)
+        md = results_markdown(summary, title=title, notes=notes)
+        atomic_write_json(out_p.with_suffix(".json"), summary)
+        atomic_write_text(out_p.with_suffix(".md"), md)
+        plot_results(summary, out_p.with_suffix(".png"))
+    return summary
+
+
+def results_markdown(s: dict, title: str | None = None, notes: Sequence[str] = ()) -> str:
+    """The evaluation as markdown: counts, the metrics table, paired differences."""
+    lines = [f"# {title}" if title else "# binllm evaluate", "",
+             f"{s['rows']:,} rows of {s['users']:,} users ({s['warm_rows']:,} warm = user and item seen in train, "
+             f"{s['cold_rows']:,} cold), positive rate {s['positive_rate']:.3f}. Intervals: 95% bootstrap "
+             f"({s['n_boot']} resamples; rows for AUC, users for UAUC).", "",
+             metrics.table(s["results"]), ""]
+    if s["differences"]:
+        lines += ["Paired differences on the same rows (95% paired-bootstrap intervals):", "",
+                  metrics.diff_table(s["differences"]), ""]
+    lines += list(notes)
+    return "\n".join(lines) + "\n"
+
+
+def plot_results(s: dict, path: Path) -> None:
+    """AUC and UAUC per method with their intervals (skipped without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    names = list(s["results"])
+    fig, axes = plt.subplots(1, 2, figsize=(9, 0.45 * len(names) + 1.5), sharey=True)
+    for ax, key in zip(axes, ("auc", "uauc")):
+        vals = np.array([s["results"][n].get(key, np.nan) for n in names], float)
+        lo = np.array([s["results"][n].get(f"{key}_lo", np.nan) for n in names], float)
+        hi = np.array([s["results"][n].get(f"{key}_hi", np.nan) for n in names], float)
+        err = np.nan_to_num(np.vstack([vals - lo, hi - vals]), nan=0.0)
+        ax.errorbar(vals, np.arange(len(names)), xerr=err, fmt="o", capsize=3)
+        ax.axvline(0.5, color="grey", lw=0.5)
+        ax.set_xlabel(key.upper())
+    axes[0].set_yticks(np.arange(len(names)), names, fontsize=8)
+    axes[0].invert_yaxis()
+    fig.tight_layout()
+
+    def writer(tmp: Path) -> None:
+        fig.savefig(tmp, dpi=110, format="png")
+
+    atomic_save(path, writer)
+    plt.close(fig)
