@@ -8,9 +8,9 @@ average rank, computed with sorts and segment sums — no per-user Python loop.
 
 Bootstrap conventions (one place, used by every function below):
 - AUC intervals resample ROWS with replacement; a resample is a row of
-  multinomial counts over the rows sorted once by score, so each resample's
-  AUC is a weighted rank sum (no per-resample sort). Resamples that hold only
-  one class are skipped.
+  multinomial counts over the rows, and with negatives sorted once by score
+  each resample's AUC is a count-weighted Mann-Whitney sum (no per-resample
+  sort). Resamples that hold only one class are skipped.
 - UAUC intervals resample USERS (cluster bootstrap): rows of one user are not
   independent, so the unit of resampling is the user. Per-user AUCs are
   computed once over users with both labels (as `uauc` does), then users are
@@ -135,38 +135,39 @@ def _chunks(n_boot: int, n: int):
 
 
 def _draw_counts(rng: np.random.Generator, b: int, n: int) -> np.ndarray:
-    """Multinomial counts (b, n) float64: how often each of n units is drawn in
+    """Multinomial counts int64 (b, n): how often each of n units is drawn in
     each of b resamples of size n (uniform draws with replacement)."""
     idx = rng.integers(0, n, size=(b, n))
     idx += (np.arange(b, dtype=np.int64) * n)[:, None]
-    return np.bincount(idx.ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
+    return np.bincount(idx.ravel(), minlength=b * n).reshape(b, n)
 
 
 class _Ranked:
-    """One method's scores sorted once: the sort order, labels in that order and
-    the starts of tied-score groups; `auc(counts)` gives weighted AUCs."""
+    """One method's rows split once into negatives sorted by score and
+    positives; for each positive, how many negatives score below it (`lo`) and
+    at most equal to it (`hi`). `auc(counts)` then gives each resample's AUC as
+    a weighted Mann-Whitney sum in exact integer arithmetic, no per-resample sort."""
 
     def __init__(self, y: np.ndarray, s: np.ndarray):
-        self.order = np.argsort(s, kind="stable")
-        ss = s[self.order]
-        self.pos = y[self.order].astype(bool)
-        self.gstart = np.flatnonzero(np.r_[True, ss[1:] != ss[:-1]])
-        self.ties = len(self.gstart) < len(ss)
+        neg = np.flatnonzero(y == 0)
+        self.neg = neg[np.argsort(s[neg], kind="stable")]
+        self.pos = np.flatnonzero(y == 1)
+        sn = s[self.neg]
+        self.lo = np.searchsorted(sn, s[self.pos], "left")
+        self.hi = np.searchsorted(sn, s[self.pos], "right")
+        self.ties = bool((self.lo != self.hi).any())
 
     def auc(self, counts: np.ndarray) -> np.ndarray:
         """AUC of each resample given counts (b, n) in ORIGINAL row order; NaN for one-class resamples."""
-        c = counts[:, self.order]
-        p = np.where(self.pos, c, 0.0)
-        q = c - p  # negative weights
-        if self.ties:  # a positive ties with the negatives of its own score group: half credit
-            p = np.add.reduceat(p, self.gstart, axis=1)
-            q = np.add.reduceat(q, self.gstart, axis=1)
-        below = np.cumsum(q, axis=1)
-        below -= 0.5 * q  # negatives strictly below + half of those tied
-        u = np.einsum("ij,ij->i", p, below)
-        n_pos, n_neg = p.sum(1), q.sum(1)
+        cn = np.zeros((len(counts), len(self.neg) + 1), np.int64)
+        np.cumsum(counts[:, self.neg], axis=1, out=cn[:, 1:])  # cn[:, k] = negatives among the k lowest
+        cp = counts[:, self.pos]
+        # a positive beats the negatives below it and ties half of those equal: 2U = sum c (below + below_or_equal)
+        credit = cn[:, self.lo] + cn[:, self.hi] if self.ties else 2 * cn[:, self.lo]
+        u2 = np.einsum("ij,ij->i", cp, credit)
+        n_pos, n_neg = cp.sum(1), cn[:, -1]
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where((n_pos > 0) & (n_neg > 0), u / (n_pos * n_neg), np.nan)
+            return np.where((n_pos > 0) & (n_neg > 0), u2 / (2.0 * n_pos * n_neg), np.nan)
 
 
 def _interval(vals: np.ndarray, level: float) -> tuple[float, float]:
