@@ -23,6 +23,7 @@ Bootstrap conventions (one place, used by every function below):
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -50,7 +51,7 @@ def _check_scores(name: str, scores: Any, n: int) -> np.ndarray:
     return s
 
 
-def _check(labels: Any, scores: Any, users: Any = None):
+def _check(labels: Any, scores: Any, users: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     y = _as1d("labels", labels)
     s = _check_scores("scores", scores, len(y))
     if not np.isin(y, (0, 1)).all():
@@ -122,12 +123,12 @@ def uauc(users: Any, labels: Any, scores: Any) -> tuple[float, int, int]:
     per, _, skipped = _per_user_auc(u, y, s)
     if len(per) == 0:
         return float("nan"), 0, skipped
-    return float(per.mean()), int(len(per)), skipped
+    return float(per.mean()), len(per), skipped
 
 
 # ---------------------------------------------------------------- bootstrap core
 
-def _chunks(n_boot: int, n: int):
+def _chunks(n_boot: int, n: int) -> Iterator[int]:
     """Resample chunk sizes; depend only on (n_boot, n), so results depend only on the seed."""
     step = max(1, min(n_boot, _CHUNK_CELLS // max(n, 1)))
     for b0 in range(0, n_boot, step):
@@ -246,7 +247,7 @@ def paired_bootstrap(users: Any, labels: Any, scores_a: Any, scores_b: Any, n_bo
     y, sa, u = _check(labels, scores_a, users)
     sb = _check_scores("scores_b", scores_b, len(y))
     _check_boot(n_boot, seed, level)
-    out: dict[str, float | int] = {"n_rows": int(len(y)), "n_boot": int(n_boot), "level": float(level)}
+    out: dict[str, float | int] = {"n_rows": len(y), "n_boot": int(n_boot), "level": float(level)}
 
     auc_a, auc_b = auc(y, sa), auc(y, sb)
     if math.isnan(auc_a):
@@ -259,14 +260,14 @@ def paired_bootstrap(users: Any, labels: Any, scores_a: Any, scores_b: Any, n_bo
     pa, users_a, _ = _per_user_auc(u, y, sa)
     pb, users_b, _ = _per_user_auc(u, y, sb)
     assert np.array_equal(users_a, users_b)  # which users count depends on labels only
-    out["n_users_uauc"] = int(len(pa))
+    out["n_users_uauc"] = len(pa)
     ua = float(pa.mean()) if len(pa) else float("nan")
     ub = float(pb.mean()) if len(pb) else float("nan")
     _diff_stats(out, "uauc", ua, ub, _user_boot(pa - pb, n_boot, seed), level)
     return out
 
 
-def _diff_stats(out: dict, m: str, a: float, b: float, d: np.ndarray, level: float) -> None:
+def _diff_stats(out: dict[str, float | int], m: str, a: float, b: float, d: np.ndarray, level: float) -> None:
     ok = ~np.isnan(d)
     out[f"{m}_a"], out[f"{m}_b"], out[f"{m}_diff"] = a, b, a - b
     out[f"{m}_diff_lo"], out[f"{m}_diff_hi"] = _interval(d, level)
@@ -289,7 +290,7 @@ def evaluate(users: Any, labels: Any, scores: Any, warm: Any = None, n_boot: int
     y, s, u = _check(labels, scores, users)
     if not (isinstance(n_boot, (int, np.integer)) and not isinstance(n_boot, bool) and n_boot == 0):
         _check_boot(n_boot, seed, level)
-    out: dict[str, float | int] = {"rows": int(len(y)), "n_boot": int(n_boot), "level": float(level)}
+    out: dict[str, float | int] = {"rows": len(y), "n_boot": int(n_boot), "level": float(level)}
     parts = [("", np.ones(len(y), bool))]
     if warm is not None:
         w = _as1d("warm", warm, len(y))
@@ -308,7 +309,7 @@ def evaluate(users: Any, labels: Any, scores: Any, warm: Any = None, n_boot: int
         out[p + "uauc_lo"], out[p + "uauc_hi"] = (
             _interval(_user_boot(per, n_boot, seed), level) if n_boot and len(per) else nan2)
         out[p + "n_rows"], out[p + "n_pos"] = int(m.sum()), int(ym.sum())
-        out[p + "n_users_uauc"] = out[p + "uauc_users"] = int(len(per))
+        out[p + "n_users_uauc"] = out[p + "uauc_users"] = len(per)
         out[p + "uauc_skipped"] = skipped
         if p:
             out[p + "rows"] = int(m.sum())
@@ -394,8 +395,8 @@ def diff_table(diffs: dict[str, dict], digits: int = 3) -> str:
     (e.g. "BinLLM - text-only"): cells "+0.061 [+0.021, +0.100]" for the AUC and
     UAUC differences, the share of resamples <= 0, rows and users."""
     level = next((d["level"] for d in diffs.values() if "level" in d), 0.95)
-    lines = [f"| comparison (A - B, paired {level:.0%} bootstrap CI) | Δ AUC | share Δ≤0 | Δ UAUC | share Δ≤0 "
-             "| rows | users |", "|---|---|---|---|---|---|---|"]
+    head = f"| comparison (A - B, paired {level:.0%} bootstrap CI) | Δ AUC | share Δ≤0 | Δ UAUC | share Δ≤0 | rows | users |"
+    lines = [head, "|---|---|---|---|---|---|---|"]
     for name, d in diffs.items():
         cells = []
         for m in ("auc", "uauc"):
