@@ -173,17 +173,17 @@ def test_paired_bootstrap_matches_marginals_and_is_tighter():
     u = rng.integers(0, 150, n)
     y, a = binormal(rng, n, 1.0)
     b = a + 0.3 * rng.standard_normal(n)  # a slightly worse, strongly correlated method
-    d = metrics.paired_bootstrap(u, y, a, b, n_boot=800, seed=5)
+    d = metrics.paired_bootstrap(u, y, a, b, n_boot=500, seed=5)
     assert d["auc_a"] == metrics.auc(y, a) and d["auc_b"] == metrics.auc(y, b)
     assert d["uauc_a"] == metrics.uauc(u, y, a)[0] and d["uauc_b"] == metrics.uauc(u, y, b)[0]
     assert d["n_rows"] == n and d["n_users_uauc"] == metrics.uauc(u, y, a)[1]
     assert d["auc_diff_lo"] < d["auc_diff"] < d["auc_diff_hi"]
     assert d["auc_diff"] > 0 and d["auc_diff_lo"] > 0 and d["auc_share_le0"] < 0.025
     # same rows for both methods: the difference is far better determined than either AUC
-    lo, hi = metrics.bootstrap_auc(y, a, n_boot=800, seed=5)
+    lo, hi = metrics.bootstrap_auc(y, a, n_boot=500, seed=5)
     assert d["auc_diff_hi"] - d["auc_diff_lo"] < 0.5 * (hi - lo)
     # swapping the methods mirrors everything
-    r = metrics.paired_bootstrap(u, y, b, a, n_boot=800, seed=5)
+    r = metrics.paired_bootstrap(u, y, b, a, n_boot=500, seed=5)
     assert r["auc_diff"] == -d["auc_diff"]
     assert r["auc_diff_lo"] == pytest.approx(-d["auc_diff_hi"]) and r["uauc_diff_hi"] == pytest.approx(-d["uauc_diff_lo"])
 
@@ -242,8 +242,8 @@ def test_bootstrap_deterministic_given_seed():
     d1, d2 = (metrics.paired_bootstrap(u, y, s, -s, seed=3) for _ in range(2))
     assert d1 == d2
     # wider level, wider interval; more resamples accepted
-    lo9, hi9 = metrics.bootstrap_auc(y, s, level=0.9, n_boot=2000)
-    lo99, hi99 = metrics.bootstrap_auc(y, s, level=0.99, n_boot=2000)
+    lo9, hi9 = metrics.bootstrap_auc(y, s, level=0.9, n_boot=500)
+    lo99, hi99 = metrics.bootstrap_auc(y, s, level=0.99, n_boot=500)
     assert lo99 < lo9 < hi9 < hi99
 
 
