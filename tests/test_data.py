@@ -196,7 +196,7 @@ def test_reference_pickles(tmp_path):
                       flag=[0], title=["T2"], not_cold=[1])).to_pickle(tmp_path / "valid_ood2.pkl")
     pd.DataFrame(dict(uid=[2], iid=[3], label=[0], timestamp=[4], his=[[0]], his_title=[[""]],
                       flag=[1], title=["T3"], not_cold=[0])).to_pickle(tmp_path / "test_ood2.pkl")
-    prep = data.read_reference_pickles(tmp_path)
+    prep = data.read_reference_pickles(tmp_path, trust_pickles=True)
     assert prep.rows["flag"].tolist() == [-1, -1, 0, 1]
     assert [h.tolist() for h in prep.history(np.arange(4))] == [[], [1], [1], []]
     assert prep.titles.tolist() == ["", "T1", "T2", "T3"]
