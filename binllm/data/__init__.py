@@ -17,12 +17,13 @@ Everything is vectorised (numpy/pandas/pyarrow).
 from __future__ import annotations
 
 from .prepared import FORMAT_VERSION, SPLITS, Prepared, load_prepared
-from .protocol import PROTOCOLS, Protocol, prepare
-from .readers import DataError, Ratings, load_source, ml100k_dir, read_amazon, read_ml1m, read_ml100k, read_table
+from .protocol import PROTOCOLS, Protocol, default_protocol, prepare, user_time_split
+from .readers import (DataError, Ratings, fill_missing_titles, load_source, ml100k_dir, parse_columns, read_amazon,
+                      read_ml1m, read_ml100k, read_table)
 from .reference import read_reference_pickles
 
 __all__ = [
-    "FORMAT_VERSION", "SPLITS", "PROTOCOLS", "DataError", "Prepared", "Protocol", "Ratings", "load_prepared",
-    "load_source", "ml100k_dir", "prepare", "read_amazon", "read_ml100k", "read_ml1m", "read_reference_pickles",
-    "read_table",
+    "FORMAT_VERSION", "SPLITS", "PROTOCOLS", "DataError", "Prepared", "Protocol", "Ratings", "default_protocol",
+    "fill_missing_titles", "load_prepared", "load_source", "ml100k_dir", "parse_columns", "prepare", "read_amazon",
+    "read_ml100k", "read_ml1m", "read_reference_pickles", "read_table", "user_time_split",
 ]

@@ -88,6 +88,11 @@ def _check_frame(frame: pd.DataFrame, where: str, line_offset: int = 2) -> pd.Da
             i = int(np.argmax(bad))
             raise DataError(f"{where}: column {col!r} is not numeric on line {i + line_offset}: {frame[col].iloc[i]!r}")
         frame[col] = num
+    rating = frame["rating"].to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(rating)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(f"{where}: rating is not finite on line {i + line_offset}: {rating[i]!r}")
     ts = frame["timestamp"].to_numpy()
     bad = (ts < _TS_MIN) | (ts >= _TS_MAX)
     if bad.any():
@@ -117,7 +122,7 @@ def _read_delimited(text: str, path: Path, sep: str, names: list[str], header: b
         return pd.read_csv(io.StringIO(text), sep=sep, names=names, header=0 if header else None, dtype=str,
                            keep_default_na=False, na_values=[""], engine="c", quoting=3)
     except pd.errors.ParserError as e:
-        raise DataError(f"{path}: malformed line ({e})") from None
+        raise DataError(f"{path}: malformed line ({' '.join(str(e).split())})") from None
 
 
 def read_ml100k(folder: str | os.PathLike | None = None) -> Ratings:
@@ -269,13 +274,20 @@ def read_amazon(reviews: str | os.PathLike, meta: str | os.PathLike, year: int |
 
 def read_table(path: str | os.PathLike, user: str = "user", item: str = "item", rating: str = "rating",
                timestamp: str = "timestamp", title: str | None = None, titles_path: str | os.PathLike | None = None,
-               titles_item: str | None = None, sep: str = ",", encoding: str = "utf-8") -> Ratings:
+               titles_item: str | None = None, sep: str = ",", encoding: str = "utf-8",
+               missing_titles: str = "error") -> Ratings:
     """A generic CSV (or ``.parquet``) of ratings, with the column names given.
 
     Titles come from column `title` of the same file, or of `titles_path`
     (keyed by `titles_item`, default `item`). Timestamps may be seconds or
     date strings (parsed as UTC).
+
+    With ``missing_titles='empty'`` items without a title (all of them when
+    there is no title column) get an empty title, counted in
+    ``skipped['items_without_title']``; with ``'error'`` (default)
+    :func:`~binllm.data.protocol.prepare` refuses them.
     """
+    _check_missing_titles(missing_titles)
     path = Path(path)
     _require_file(path, "ratings file")
 
@@ -313,9 +325,69 @@ def read_table(path: str | os.PathLike, user: str = "user", item: str = "item", 
     else:
         titles = pd.Series(dtype=str)
     titles = titles[~titles.index.duplicated(keep="first")]
-    return Ratings(frame, titles, path.stem, [str(path)] + ([str(titles_path)] if titles_path else []))
-def load_source(source: str, path: str | None = None, meta_path: str | None = None, **kw: Any) -> Ratings:
-    """Reads a named source: 'ml-100k' (embedded default), 'ml-1m', 'amazon-book', or 'table'."""
+    out = Ratings(frame, titles, path.stem, [str(path)] + ([str(titles_path)] if titles_path else []))
+    return fill_missing_titles(out) if missing_titles == "empty" else out
+def _check_missing_titles(mode: str) -> None:
+    if mode not in MISSING_TITLES:
+        raise ValueError(f"missing_titles must be 'error' or 'empty'; got {mode!r}")
+
+
+def fill_missing_titles(ratings: Ratings) -> Ratings:
+    """Gives every rated item without a title an empty one, counted in
+    ``skipped['items_without_title']`` (the prompts then show an empty title)."""
+    items = pd.unique(ratings.frame["item"])
+    have = pd.Index(ratings.titles.index)
+    missing = items[~pd.Index(items).isin(have)]
+    if len(missing) == 0:
+        return ratings
+    titles = pd.concat([ratings.titles.astype(object), pd.Series([""] * len(missing), index=missing, dtype=object)])
+    skipped = {**ratings.skipped, "items_without_title": int(len(missing))}
+    return Ratings(ratings.frame, titles, ratings.source, list(ratings.files), skipped)
+
+
+COLUMN_ROLES = ("user", "item", "rating", "timestamp", "title")
+
+
+def parse_columns(spec: str) -> dict[str, str]:
+    """The ``--columns`` value ``user,item,rating,timestamp[,title]`` as keyword
+    arguments of :func:`read_table`: ``{'user': ..., 'item': ..., ...}``.
+
+    Raises:
+        DataError: not 4 or 5 names, an empty name, or a name given twice.
+    """
+    if not isinstance(spec, str):
+        raise TypeError(f"columns must be a string 'user,item,rating,timestamp[,title]'; got {type(spec).__name__}")
+    names = [c.strip() for c in spec.split(",")]
+    if len(names) not in (4, 5):
+        raise DataError(f"--columns needs 4 or 5 comma-separated column names (user,item,rating,timestamp[,title]); "
+                        f"got {len(names)}: {spec!r}")
+    if any(not c for c in names):
+        raise DataError(f"--columns has an empty column name: {spec!r}")
+    dup = sorted({c for c in names if names.count(c) > 1})
+    if dup:
+        raise DataError(f"--columns names column(s) {dup} more than once: {spec!r}")
+    return dict(zip(COLUMN_ROLES, names))
+
+
+def load_source(source: str, path: str | os.PathLike | None = None, meta_path: str | os.PathLike | None = None,
+                missing_titles: str = "error", **kw: Any) -> Ratings:
+    """Reads a named source: 'ml-100k' (embedded default), 'ml-1m', 'amazon-book', or 'table'.
+
+    Args:
+        source: the source name.
+        path: the source's file or folder (optional for 'ml-100k').
+        meta_path: Amazon metadata file ('amazon-book' only).
+        missing_titles: ``'error'`` (prepare refuses untitled items) or
+            ``'empty'`` (they get an empty title; see :func:`fill_missing_titles`).
+        kw: passed on to :func:`read_amazon` or :func:`read_table`.
+    """
+    _check_missing_titles(missing_titles)
+    ratings = _load_source(source, path, meta_path, **kw)
+    return fill_missing_titles(ratings) if missing_titles == "empty" else ratings
+
+
+def _load_source(source: str, path: str | os.PathLike | None, meta_path: str | os.PathLike | None,
+                 **kw: Any) -> Ratings:
     if source == "ml-100k":
         return read_ml100k(path)
     if path is None:
