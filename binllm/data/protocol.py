@@ -251,7 +251,7 @@ def _check_ratings(frame: pd.DataFrame, p: Protocol, source: str) -> None:
         i = int(np.argmax(bad))
         row = frame.iloc[i]
         what = "not finite" if not np.isfinite(r[i]) else f"outside the range [{lo:g}, {hi:g}] of protocol {p.name!r}"
-        raise DataError(f"{source}: rating {r[i]!r} of row {i} (user {row['user']!r}, item {row['item']!r}) is "
+        raise DataError(f"{source}: rating {float(r[i])!r} of row {i} (user {row['user']!r}, item {row['item']!r}) is "
                         f"{what}; {int(bad.sum())} such row(s)")
 
 
