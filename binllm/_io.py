@@ -23,8 +23,9 @@ import os
 import re
 import secrets
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 # Name of the marker file inside every binllm output folder: {"kind": ...}.
 OUTPUT_MARKER = ".binllm-output.json"
@@ -264,7 +265,7 @@ def clean_stale_temps(parent: str | os.PathLike, name: str) -> list[Path]:
     """
     parent = Path(parent)
     pat = re.compile(r"^\." + re.escape(name) + r"\.binllm-(tmp|old)\.(\d+)\.[0-9a-f]{8}")
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(parent.iterdir())
     except OSError:

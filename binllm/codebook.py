@@ -21,9 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from . import _io
+from . import _io, textcodes
 from . import codes as _codes
-from . import textcodes
 
 FORMAT = "binllm-codebook-1"
 
@@ -86,7 +85,7 @@ class CodeBook:
         return dataset_fingerprint(self.user_ids, self.item_ids)
 
     @classmethod
-    def from_model(cls, model: Any, prep: Any, config: dict, metrics: dict) -> "CodeBook":
+    def from_model(cls, model: Any, prep: Any, config: dict, metrics: dict) -> CodeBook:
         return cls(model.packed_codes("user"), model.packed_codes("item"), model.d, prep.user_ids, prep.item_ids,
                    config, metrics)
 
@@ -139,7 +138,7 @@ class CodeBook:
         return _io.atomic_write_bytes(path, save(tensors, metadata=meta))
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "CodeBook":
+    def load(cls, path: str | os.PathLike) -> CodeBook:
         """Reads and checks a code book written by :meth:`save`.
 
         Raises:

@@ -320,3 +320,15 @@ def test_f21_valid_small_reproducible():
     assert out == hashlib.sha256(a.tobytes()).hexdigest()
     other = data.prepare(ratings, dataclasses.replace(data.PROTOCOLS["ml-100k-user"], seed=1))
     assert (other.rows["valid_small"].to_numpy() != a).any()
+
+
+def test_corrupt_prepared_folder_is_a_data_error(tmp_path):
+    prep = small_prep(tmp_path)
+    out = prep.save(tmp_path / "d")
+    (out / "meta.json").write_text("{not json")
+    with pytest.raises(DataError, match="meta.json: not valid JSON"):
+        data.load_prepared(out)
+    prep.save(out)
+    (out / "rows.parquet").write_bytes(b"PAR1 truncated")
+    with pytest.raises(DataError, match="unreadable prepared dataset"):
+        data.load_prepared(out)

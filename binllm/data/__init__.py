@@ -18,12 +18,22 @@ from __future__ import annotations
 
 from .prepared import FORMAT_VERSION, SPLITS, Prepared, load_prepared
 from .protocol import PROTOCOLS, Protocol, default_protocol, prepare, user_time_split
-from .readers import (DataError, Ratings, fill_missing_titles, load_source, ml100k_dir, parse_columns, read_amazon,
-                      read_ml1m, read_ml100k, read_table)
+from .readers import (
+    DataError,
+    Ratings,
+    fill_missing_titles,
+    load_source,
+    ml100k_dir,
+    parse_columns,
+    read_amazon,
+    read_ml1m,
+    read_ml100k,
+    read_table,
+)
 from .reference import read_reference_pickles
 
 __all__ = [
-    "FORMAT_VERSION", "SPLITS", "PROTOCOLS", "DataError", "Prepared", "Protocol", "Ratings", "default_protocol",
+    "FORMAT_VERSION", "PROTOCOLS", "SPLITS", "DataError", "Prepared", "Protocol", "Ratings", "default_protocol",
     "fill_missing_titles", "load_prepared", "load_source", "ml100k_dir", "parse_columns", "prepare", "read_amazon",
-    "read_ml100k", "read_ml1m", "read_reference_pickles", "read_table", "user_time_split",
+    "read_ml1m", "read_ml100k", "read_reference_pickles", "read_table", "user_time_split",
 ]

@@ -171,7 +171,7 @@ class Prepared:
         for s in ("train", "valid", "valid_small", "test"):
             r = self.split(s)
             out[s] = {
-                "rows": int(len(r)),
+                "rows": len(r),
                 "users": int(r["uid"].nunique()),
                 "items": int(r["iid"].nunique()),
                 "positive_rate": float(r["label"].mean()) if len(r) else float("nan"),
@@ -272,15 +272,20 @@ def load_prepared(path: str | os.PathLike) -> Prepared:
         raise DataError(f"{path / 'meta.json'}: expected a JSON object; prepare again")
     if meta.get("format_version") != FORMAT_VERSION:
         raise DataError(f"{path}: format_version {meta.get('format_version')} is not {FORMAT_VERSION}; prepare again")
-    table = pq.read_table(path / "rows.parquet")
-    his = table["his"].combine_chunks()
-    rows = table.drop(["his"]).to_pandas()
-    offsets = his.offsets.to_numpy().astype(np.int64)
-    values = his.values.to_numpy().astype(np.int32)
-    items = pq.read_table(path / "items.parquet").to_pandas()
-    users = pq.read_table(path / "users.parquet").to_pandas()
-    prep = Prepared(rows, offsets, values, items["title"].to_numpy(object), users["user"].to_numpy(object),
-                    items["item"].to_numpy(object), meta)
+    import pyarrow as pa
+
+    try:
+        table = pq.read_table(path / "rows.parquet")
+        his = table["his"].combine_chunks()
+        rows = table.drop(["his"]).to_pandas()
+        offsets = his.offsets.to_numpy().astype(np.int64)
+        values = his.values.to_numpy().astype(np.int32)
+        items = pq.read_table(path / "items.parquet").to_pandas()
+        users = pq.read_table(path / "users.parquet").to_pandas()
+        title, item, user = items["title"], items["item"], users["user"]
+    except (pa.ArrowException, OSError, KeyError) as e:
+        raise DataError(f"{path}: unreadable prepared dataset ({type(e).__name__}: {e}); prepare again") from None
+    prep = Prepared(rows, offsets, values, title.to_numpy(object), user.to_numpy(object), item.to_numpy(object), meta)
     if len(rows) and (rows["uid"].max() >= len(users) or rows["iid"].max() >= len(items) or rows["uid"].min() < 1
                       or rows["iid"].min() < 1):
         raise DataError(f"{path}: row ids fall outside the id maps")

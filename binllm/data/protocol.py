@@ -18,6 +18,7 @@ import pandas as pd
 from .prepared import FORMAT_VERSION, SPLITS, WARM_DEFINITION, Prepared, _file_hash, _finish_rows
 from .readers import DataError, Ratings
 
+
 @dataclass
 class Protocol:
     """The rules that turn ratings into CTR rows.
@@ -323,8 +324,8 @@ def prepare(ratings: Ratings, protocol: Protocol | str) -> Prepared:
         "split_info": info,
         "skipped": skipped,
         "files": {f: _file_hash(f) for f in ratings.files},
-        "n_users": int(len(uniq_users)),
-        "n_items": int(len(uniq_items)),
+        "n_users": len(uniq_users),
+        "n_items": len(uniq_items),
         "warm_definition": WARM_DEFINITION,
     }
     prep = Prepared(rows, offsets, values, item_titles, np.r_[[""], uniq_users].astype(object),

@@ -12,9 +12,10 @@ from __future__ import annotations
 import io
 import os
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -341,7 +342,7 @@ def fill_missing_titles(ratings: Ratings) -> Ratings:
     if len(missing) == 0:
         return ratings
     titles = pd.concat([ratings.titles.astype(object), pd.Series([""] * len(missing), index=missing, dtype=object)])
-    skipped = {**ratings.skipped, "items_without_title": int(len(missing))}
+    skipped = {**ratings.skipped, "items_without_title": len(missing)}
     return Ratings(ratings.frame, titles, ratings.source, list(ratings.files), skipped)
 
 
