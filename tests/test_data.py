@@ -108,6 +108,9 @@ def test_ml100k_embedded_default():
     assert (r["his_count"].to_numpy() == [len(w) for w in want]).all()
     assert abs(c["valid_small"]["rows"] - c["valid"]["rows"] / 2) <= 1
     assert prep.titles[r["iid"].iloc[0]] != ""
+    # the global split as first published (README table), unchanged so old runs reproduce
+    assert [c[s]["rows"] for s in ("train", "valid", "valid_small", "test")] == [69_997, 15_003, 7_501, 15_000]
+    assert [c[s]["users"] for s in ("train", "valid", "test")] == [674, 247, 226]
 
 
 def test_save_load_roundtrip_and_overwrite(tmp_path):
@@ -343,13 +346,6 @@ def test_default_protocol():
     assert data.default_protocol("table") == "ml-100k"
     with pytest.raises(ValueError, match="source must be one of"):
         data.default_protocol("ml-20m")
-
-
-def test_ml100k_global_split_unchanged():
-    # the global split as first published (README table), so old runs reproduce
-    c = data.prepare(data.read_ml100k(), "ml-100k").counts()
-    assert [c[s]["rows"] for s in ("train", "valid", "valid_small", "test")] == [69_997, 15_003, 7_501, 15_000]
-    assert [c[s]["users"] for s in ("train", "valid", "test")] == [674, 247, 226]
 
 
 # ---------------------------------------------------------------- domain
