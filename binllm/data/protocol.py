@@ -28,7 +28,11 @@ class Protocol:
         label_min: label = 1 iff rating >= label_min (ML: 4; Amazon-Book: 5).
         split: ``"months"`` (ML-1M month slots), ``"year_december"`` (Amazon-Book),
             ``"quantile"`` (global time quantiles) or ``"user_time"`` (each
-            user's own ratings in time order; see :func:`user_time_split`).
+            user's own ratings in time order, ties in file order: the last
+            ``n_test = floor(f_test * n + 0.5)`` test, the ``n_valid =
+            floor(f_valid * n + 0.5)`` before them valid, the rest train; users
+            with fewer than `user_min_ratings` ratings all train; see
+            :func:`user_time_split`).
         train_slots, valid_slots, test_slots: inclusive month-slot ranges for ``"months"``.
         year: the calendar year kept by ``"year_december"``.
         min_count: ``"year_december"`` keeps users and items with more than this many ratings (one pass).

@@ -125,6 +125,8 @@ def read_reference_pickles(folder: str | os.PathLike, valid_small: float = 0.5, 
     if not trust_pickles:
         raise DataError(f"{folder}: reading the reference pickles unpickles files, which can run code; "
                         "pass --trust-pickles (trust_pickles=True) if you trust where they come from")
+    if not 0 < valid_small <= 1:
+        raise ValueError(f"valid_small must be in (0, 1]; got {valid_small}")
     if domain is not None and (not isinstance(domain, str) or not domain.isidentifier()):
         raise ValueError(f"domain must be a word such as 'movie' or 'book'; got {domain!r}")
     files = {}
