@@ -108,6 +108,9 @@ def test_ml100k_embedded_default():
     assert (r["his_count"].to_numpy() == [len(w) for w in want]).all()
     assert abs(c["valid_small"]["rows"] - c["valid"]["rows"] / 2) <= 1
     assert prep.titles[r["iid"].iloc[0]] != ""
+    # the global split as first published (README table), unchanged so old runs reproduce
+    assert [c[s]["rows"] for s in ("train", "valid", "valid_small", "test")] == [69_997, 15_003, 7_501, 15_000]
+    assert [c[s]["users"] for s in ("train", "valid", "test")] == [674, 247, 226]
 
 
 def test_save_load_roundtrip_and_overwrite(tmp_path):
@@ -196,7 +199,7 @@ def test_reference_pickles(tmp_path):
                       flag=[0], title=["T2"], not_cold=[1])).to_pickle(tmp_path / "valid_ood2.pkl")
     pd.DataFrame(dict(uid=[2], iid=[3], label=[0], timestamp=[4], his=[[0]], his_title=[[""]],
                       flag=[1], title=["T3"], not_cold=[0])).to_pickle(tmp_path / "test_ood2.pkl")
-    prep = data.read_reference_pickles(tmp_path)
+    prep = data.read_reference_pickles(tmp_path, trust_pickles=True)
     assert prep.rows["flag"].tolist() == [-1, -1, 0, 1]
     assert [h.tolist() for h in prep.history(np.arange(4))] == [[], [1], [1], []]
     assert prep.titles.tolist() == ["", "T1", "T2", "T3"]
@@ -268,3 +271,107 @@ def test_protocol_validation():
         Protocol("x", valid_small=0)
     with pytest.raises(ValueError, match="protocol must be one of"):
         data.prepare(data.read_ml100k(), "ml-20m")
+
+
+# ---------------------------------------------------------------- per-user time split (ml-100k-user)
+
+
+def test_user_time_split_rule_by_hand():
+    users = np.array(["a", "b", "a", "c", "a", "b", "c", "a", "c"] + ["d"] * 10)
+    ts_ = np.array([40, 1, 10, 7, 30, 2, 8, 20, 9] + [5, 5, 5, 5, 5, 6, 6, 6, 6, 6])
+    flag = data.user_time_split(users, ts_)
+    # a: n=4 -> n_test = n_valid = floor(0.6 + 0.5) = 1; in time order 10, 20 train, 30 valid, 40 test
+    assert flag[[2, 7, 4, 0]].tolist() == [-1, -1, 0, 1]
+    # b: n=2 < 3 -> all train; c: n=3 -> floor(0.45 + 0.5) = 0 -> all train
+    assert flag[[1, 5, 3, 6, 8]].tolist() == [-1] * 5
+    # d: n=10 -> floor(1.5 + 0.5) = 2 each; equal timestamps keep the row order
+    assert flag[9:].tolist() == [-1] * 6 + [0, 0, 1, 1]
+
+
+@pytest.mark.parametrize("n,want", [(1, (1, 0, 0)), (2, (2, 0, 0)), (3, (3, 0, 0)), (4, (2, 1, 1)),
+                                    (9, (7, 1, 1)), (10, (6, 2, 2)), (16, (12, 2, 2)), (17, (11, 3, 3)),
+                                    (20, (14, 3, 3)), (100, (70, 15, 15)), (101, (71, 15, 15))])
+def test_user_time_split_sizes(n, want):
+    flag = data.user_time_split(np.zeros(n, int), np.arange(n)[::-1])  # reversed: latest rows first
+    assert (int((flag == -1).sum()), int((flag == 0).sum()), int((flag == 1).sum())) == want
+    # the latest ratings (the first rows here) are the test rows
+    assert (flag[:want[2]] == 1).all()
+
+
+def test_ml100k_user_protocol_by_hand():
+    rows = [  # user, item, rating, time; given out of time order
+        ("2", "A", 4, 40), ("1", "A", 5, 10), ("1", "B", 3, 20), ("2", "B", 4, 10), ("1", "D", 5, 40),
+        ("1", "C", 4, 30), ("2", "C", 2, 20), ("2", "E", 5, 30), ("3", "E", 5, 10), ("3", "A", 1, 20),
+    ]
+    frame = pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp"])
+    frame["rating"] = frame["rating"].astype(float)
+    titles = pd.Series({k: f"T{k}" for k in "ABCDE"})
+    prep = data.prepare(data.Ratings(frame, titles, "hand"), "ml-100k-user")
+    r = prep.rows
+    assert r["uid"].tolist() == [1, 1, 1, 1, 2, 2, 2, 2, 3, 3]
+    assert prep.item_ids.tolist() == ["", "A", "B", "C", "D", "E"]
+    assert r["iid"].tolist() == [1, 2, 3, 4, 2, 3, 5, 1, 5, 1]
+    assert r["label"].tolist() == [1, 0, 1, 1, 1, 0, 1, 1, 1, 0]
+    # users 1 and 2 (4 ratings): 2 train, 1 valid, 1 test; user 3 (2 ratings): all train
+    assert r["flag"].tolist() == [-1, -1, 0, 1, -1, -1, 0, 1, -1, -1]
+    assert [h.tolist() for h in prep.history(np.arange(10))] == [[], [1], [1], [1, 3], [], [2], [2], [2, 5], [],
+                                                                 [5]]
+    # train items A, B, C, E; D (user 1's test item) is cold
+    assert r["not_cold"].tolist() == [True] * 3 + [False] + [True] * 6
+    assert r["valid_small"].sum() == 1 and r["valid_small"].to_numpy()[r["flag"].to_numpy() != 0].sum() == 0
+    assert prep.meta["protocol_name"] == "ml-100k-user" and prep.meta["source"] == "hand"
+    assert prep.domain == "movie"
+
+
+def test_ml100k_user_embedded():
+    prep = data.prepare(data.read_ml100k(), "ml-100k-user")
+    c = prep.counts()
+    r = prep.rows
+    assert c["train"]["rows"] + c["valid"]["rows"] + c["test"]["rows"] == 100_000
+    assert c["test"]["users"] == 943 and c["valid"]["users"] == 943  # every ML-100K user has >= 20 ratings
+    assert c["test"]["warm_share"] > 0.99
+    # per user: every train rating is no later than every valid one, and valid no later than test
+    g = r.groupby("uid")
+    t, f = r["timestamp"], r["flag"]
+    assert (t[f == -1].groupby(r["uid"]).max() <= t[f == 0].groupby(r["uid"]).min()).all()
+    assert (t[f == 0].groupby(r["uid"]).max() <= t[f == 1].groupby(r["uid"]).min()).all()
+    n = g.size()
+    assert ((f == 1).groupby(r["uid"]).sum() == np.floor(0.15 * n + 0.5 + 1e-9).astype(int)).all()
+
+
+def test_default_protocol():
+    assert data.default_protocol("ml-100k") == "ml-100k-user"
+    assert data.default_protocol("ml-1m") == "ml-1m"
+    assert data.default_protocol("amazon-book") == "amazon-book"
+    assert data.default_protocol("table") == "ml-100k"
+    with pytest.raises(ValueError, match="source must be one of"):
+        data.default_protocol("ml-20m")
+
+
+# ---------------------------------------------------------------- domain
+
+
+def test_domain_recorded_and_read_back(tmp_path):
+    prep = data.prepare(data.read_ml1m(write_ml1m(tmp_path / "src")), "ml-1m")
+    assert prep.meta["domain"] == "movie" and prep.meta["protocol_name"] == "ml-1m"
+    assert prep.meta["source"] == "ml-1m"
+    assert data.PROTOCOLS["amazon-book"].domain == "book"
+    prep.save(tmp_path / "p")
+    back = data.load_prepared(tmp_path / "p")
+    assert back.domain == "movie"
+    book = Protocol("my-books", split="months", domain="book")
+    assert data.prepare(data.read_ml1m(tmp_path / "src"), book).domain == "book"
+    with pytest.raises(ValueError, match="domain must be a word"):
+        Protocol("x", domain="")
+
+
+def test_domain_of_old_folders(tmp_path):
+    prep = data.prepare(data.read_ml1m(write_ml1m(tmp_path / "src")), "ml-1m")
+    for key in ("domain", "protocol_name"):
+        del prep.meta[key]
+    prep.save(tmp_path / "old")
+    assert data.load_prepared(tmp_path / "old").domain == "movie"  # protocol ml-1m
+    prep.meta["protocol"]["name"] = "amazon-book"
+    prep.save(tmp_path / "old")
+    with pytest.raises(DataError, match="--domain movie or --domain book"):
+        data.load_prepared(tmp_path / "old").domain
