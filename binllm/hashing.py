@@ -92,8 +92,9 @@ class HashConfig:
         seed: seeds the init, the batch order and the mixing masks.
         balance_weight: weight of the bit-balance penalty, the mean over bits of the squared
             batch mean of each bit's tanh output (0 = off; hash model only).
-        decorr_weight: weight of the decorrelation penalty, the mean squared off-diagonal
-            correlation of the bits' tanh outputs over the batch (0 = off; hash model only).
+        decorr_weight: weight of the decorrelation penalty, the mean squared off-diagonal entry of
+            the bits' uncentred second-moment matrix ``h^T h / n`` of the tanh outputs over the batch
+            (0 = off; hash model only).
     """
 
     model: str = "hash"
@@ -262,10 +263,11 @@ def _regulariser(cfg: HashConfig, h: torch.Tensor) -> torch.Tensor:
     out = h.new_zeros(())
     if cfg.balance_weight > 0:
         out = out + cfg.balance_weight * h.mean(0).pow(2).mean()
-    if cfg.decorr_weight > 0 and h.shape[0] > 1 and h.shape[1] > 1:
-        z = (h - h.mean(0)) / (h.std(0) + 1e-4)
-        corr = (z.T @ z) / (h.shape[0] - 1)
-        off = corr - torch.diag(torch.diagonal(corr))
+    if cfg.decorr_weight > 0 and h.shape[1] > 1:
+        # uncentred second moments, as for +-1 codes (||B^T B / n - I||): a centred, normalised
+        # correlation would be minimised by constant bits, the collapse this penalty is meant to stop
+        m = (h.T @ h) / h.shape[0]
+        off = m - torch.diag(torch.diagonal(m))
         out = out + cfg.decorr_weight * off.pow(2).sum() / (h.shape[1] * (h.shape[1] - 1))
     return out
 
