@@ -9,29 +9,41 @@ ends fully binary. Evaluation is always binary. A continuous MF baseline (the
 paper's 256-d MF row) trains in the same loop.
 
 The loop (:func:`train`) is whole-tensor: each epoch draws a permutation and
-slices index batches from tensors, no DataLoader and no per-row Python. Every
-evaluation writes an atomic checkpoint (config, model, optimizer, epoch, beta,
-RNG state, best state); ``resume=True`` continues an interrupted run to the
-same result as an uninterrupted one on the CPU.
+slices index batches from tensors, no DataLoader and no per-row Python; it
+runs in the ``hash`` thread stage (:mod:`binllm.threads`: one torch thread,
+fast and robust when the CPU is shared). Every evaluation writes an atomic
+checkpoint (config, model, optimizer, RNG state and the loop state, all plain
+dicts and tensors, so it loads with ``torch.load(weights_only=True)``);
+``resume=True`` continues an interrupted run to the same result as an
+uninterrupted one on the CPU, and an existing checkpoint is never overwritten
+without it. :func:`load_best` rebuilds the best model from a run folder.
+
+Optional regularisers (off by default, see bench/results/hashing_balance.md)
+push each bit towards a 50/50 split over the batch (``balance_weight``) and
+the bits towards decorrelation (``decorr_weight``); :func:`code_stats` reports
+how well the bits are used (mean bit entropy, distinct codes).
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
 from . import codes as _codes
-from . import metrics
+from . import metrics, threads
+
+if TYPE_CHECKING:
+    from .data import Prepared
 
 
 class SignSTE(torch.autograd.Function):
@@ -78,6 +90,11 @@ class HashConfig:
         ste: ``"identity"`` (reference) or ``"clipped"`` straight-through backward.
         init_std: std of the normal init of the embeddings.
         seed: seeds the init, the batch order and the mixing masks.
+        balance_weight: weight of the bit-balance penalty, the mean over bits of the squared
+            batch mean of each bit's tanh output (0 = off; hash model only).
+        decorr_weight: weight of the decorrelation penalty, the mean squared off-diagonal entry of
+            the bits' uncentred second-moment matrix ``h^T h / n`` of the tanh outputs over the batch
+            (0 = off; hash model only).
     """
 
     model: str = "hash"
@@ -93,6 +110,16 @@ class HashConfig:
     ste: str = "identity"
     init_std: float = 0.1
     seed: int = 0
+    balance_weight: float = 0.0
+    decorr_weight: float = 0.0
+
+    @classmethod
+    def mf_baseline(cls, **overrides: Any) -> "HashConfig":
+        """The paper's continuous MF baseline: 256-d, Adam lr 1e-3, weight decay 1e-4,
+        patience 10. `overrides` replace any field (e.g. ``max_epochs``, ``seed``)."""
+        base: dict[str, Any] = dict(model="mf", d=256, lr=1e-3, weight_decay=1e-4, patience=10)
+        base.update(overrides)
+        return cls(**base)
 
     def __post_init__(self) -> None:
         if self.model not in ("hash", "mf"):
@@ -104,6 +131,12 @@ class HashConfig:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
         if not (self.lr > 0 and self.weight_decay >= 0 and 0 < self.beta_step <= 1):
             raise ValueError("lr must be > 0, weight_decay >= 0 and 0 < beta_step <= 1")
+        for name in ("balance_weight", "decorr_weight"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0; got {v!r}")
+        if self.init_std <= 0:
+            raise ValueError(f"init_std must be > 0; got {self.init_std}")
 
     def beta(self, epoch: int) -> float:
         """Probability of the binary value during (0-based) `epoch`."""
@@ -151,9 +184,16 @@ class HashModel(nn.Module):
 
     def forward(self, u: torch.Tensor, i: torch.Tensor, beta: float = 1.0,
                 gen: torch.Generator | None = None) -> torch.Tensor:
-        hu = self._mix(self.continuous("user", u), beta, gen)
-        hi = self._mix(self.continuous("item", i), beta, gen)
-        return (hu * hi).sum(-1)
+        return self.pair(u, i, beta, gen)[0]
+
+    def pair(self, u: torch.Tensor, i: torch.Tensor, beta: float = 1.0,
+             gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits (n,), user tanh outputs (n, d), item tanh outputs (n, d)); the regularisers
+        act on the tanh outputs, the logits on the mixed binary/continuous values."""
+        cu, ci = self.continuous("user", u), self.continuous("item", i)
+        hu = self._mix(cu, beta, gen)
+        hi = self._mix(ci, beta, gen)
+        return (hu * hi).sum(-1), cu, ci
 
     @torch.no_grad()
     def packed_codes(self, side: str) -> np.ndarray:
@@ -182,10 +222,54 @@ class MFModel(nn.Module):
 
 
 def build_model(cfg: HashConfig, n_users: int, n_items: int) -> nn.Module:
+    """A fresh :class:`HashModel` or :class:`MFModel` for `cfg`, initialised from ``cfg.seed``
+    (``n_users`` / ``n_items`` count the slots, padding id 0 included)."""
     torch.manual_seed(cfg.seed)
     if cfg.model == "hash":
         return HashModel(n_users, n_items, cfg.d, cfg.init_std, cfg.ste)
     return MFModel(n_users, n_items, cfg.d, cfg.init_std)
+
+
+# ---------------------------------------------------------------- bit usage
+
+
+def code_stats(codes_packed: np.ndarray, d: int) -> dict[str, float | int]:
+    """How well a set of codes uses its bits.
+
+    Args:
+        codes_packed: uint8 (n, ceil(d/8)) packed codes (MSB-first), e.g. ``model.packed_codes("item")[1:]``.
+        d: code bits.
+    Returns:
+        ``bit_entropy``: mean over bits of the binary entropy (in bits, 0..1) of the bit's share of
+        ones (1 = every bit splits the codes 50/50); ``distinct_codes``: number of different codes;
+        ``n``: number of codes.
+    """
+    if not isinstance(codes_packed, np.ndarray) or codes_packed.dtype != np.uint8 or codes_packed.ndim != 2:
+        got = f"{codes_packed.dtype} {codes_packed.shape}" if isinstance(codes_packed, np.ndarray) else type(
+            codes_packed).__name__
+        raise ValueError(f"codes_packed must be a 2-D uint8 array (n, ceil(d/8)); got {got}")
+    n = len(codes_packed)
+    if n == 0:
+        return {"bit_entropy": 0.0, "distinct_codes": 0, "n": 0}
+    p = _codes.balance(codes_packed, d).astype(np.float64)  # share of ones per bit; validates d
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+    h = np.nan_to_num(h, nan=0.0)  # p in {0, 1}: no information
+    return {"bit_entropy": float(h.mean()), "distinct_codes": int(len(np.unique(codes_packed, axis=0))), "n": n}
+
+
+def _regulariser(cfg: HashConfig, h: torch.Tensor) -> torch.Tensor:
+    """Balance and decorrelation penalties of one side's tanh outputs h (n, d)."""
+    out = h.new_zeros(())
+    if cfg.balance_weight > 0:
+        out = out + cfg.balance_weight * h.mean(0).pow(2).mean()
+    if cfg.decorr_weight > 0 and h.shape[1] > 1:
+        # uncentred second moments, as for +-1 codes (||B^T B / n - I||): a centred, normalised
+        # correlation would be minimised by constant bits, the collapse this penalty is meant to stop
+        m = (h.T @ h) / h.shape[0]
+        off = m - torch.diag(torch.diagonal(m))
+        out = out + cfg.decorr_weight * off.pow(2).sum() / (h.shape[1] * (h.shape[1] - 1))
+    return out
 
 
 # ---------------------------------------------------------------- training
@@ -193,13 +277,15 @@ def build_model(cfg: HashConfig, n_users: int, n_items: int) -> nn.Module:
 
 @dataclass
 class SplitTensors:
+    """One split's rows as tensors: uid/iid int64 (n,), label float32 (n,), warm bool (n,) (numpy)."""
+
     u: torch.Tensor
     i: torch.Tensor
     y: torch.Tensor
     warm: np.ndarray
 
     @classmethod
-    def of(cls, prep: Any, split: str) -> "SplitTensors":
+    def of(cls, prep: "Prepared", split: str) -> "SplitTensors":
         r = prep.split(split)
         if len(r) == 0:
             raise ValueError(f"the {split} split is empty; nothing to train or evaluate on")
@@ -211,18 +297,21 @@ class SplitTensors:
 
 @torch.no_grad()
 def predict(model: nn.Module, s: SplitTensors, batch: int = 1 << 16) -> np.ndarray:
-    """Evaluation scores (binary for the hash model) of a split's rows."""
+    """Evaluation scores (binary for the hash model) of a split's rows: float32 (n,)."""
     model.eval()
     out = [model.binary_scores(s.u[b:b + batch], s.i[b:b + batch]) for b in range(0, len(s.u), batch)]
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
 
 
 def evaluate(model: nn.Module, s: SplitTensors) -> dict:
+    """AUC, UAUC and their warm/cold parts (:func:`binllm.metrics.evaluate`) of a split."""
     return metrics.evaluate(s.u.numpy(), s.y.numpy().astype(np.int64), predict(model, s), s.warm)
 
 
 @dataclass
 class TrainResult:
+    """What :func:`train` returns: the best model (by valid AUC) and the run's record."""
+
     model: nn.Module
     best_epoch: int
     best_valid_auc: float
@@ -231,13 +320,74 @@ class TrainResult:
     epochs_run: int = 0
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
+class CheckpointExistsError(ValueError):
+    """``out_dir`` already holds a checkpoint and ``resume`` was not asked for."""
+
+
+@dataclass
+class _LoopState:
+    """The training loop's own state, saved in the checkpoint as a plain dict."""
+
+    epoch: int = 0
+    best_auc: float = -math.inf
+    best_epoch: int = -1
+    best_state: dict[str, torch.Tensor] | None = None
+    bad: int = 0
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+CHECKPOINT = "checkpoint.pt"
+_FORMAT = 2  # 1: the pickled-dict checkpoints before weights_only loading (same keys)
+
+
+def _atomic_save(obj: dict, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
 
 
-def _check_ids(prep: Any, n_users: int, n_items: int) -> None:
+def _load_checkpoint(path: Path) -> dict:
+    """The checkpoint dict, loaded with ``weights_only=True`` (no arbitrary pickles)."""
+    try:
+        c = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as e:  # noqa: BLE001 - torch raises several types for a bad file; one clear message
+        raise ValueError(f"{path} is not a readable hash-model checkpoint ({type(e).__name__}: {e}); "
+                         f"delete the folder to start again") from e
+    if not isinstance(c, dict) or not {"config", "model", "optimizer", "generator", "state"} <= set(c):
+        raise ValueError(f"{path} is not a hash-model checkpoint (missing keys); delete the folder to start again")
+    return c
+
+
+def _config_of(c: dict, path: Path) -> HashConfig:
+    try:
+        return HashConfig(**c["config"])
+    except TypeError as e:
+        raise ValueError(f"{path} holds a config this binllm does not know: {e}") from e
+
+
+def load_best(out_dir: str | os.PathLike) -> nn.Module:
+    """The best model (by valid AUC) of a :func:`train` run folder, in eval mode.
+
+    Rebuilds the model from the checkpoint's config and table sizes, then loads the best state
+    (the last state when no evaluation finished yet).
+
+    Raises:
+        FileNotFoundError: no ``checkpoint.pt`` in `out_dir`.
+        ValueError: the file is not a readable hash-model checkpoint.
+    """
+    path = Path(out_dir) / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"no hash-model checkpoint at {path}; run `binllm pretrain` first")
+    c = _load_checkpoint(path)
+    cfg = _config_of(c, path)
+    sd = c["state"].get("best_state") or c["model"]
+    model = build_model(cfg, sd["user_emb.weight"].shape[0], sd["item_emb.weight"].shape[0])
+    model.load_state_dict(sd)
+    return model.eval()
+
+
+def _check_ids(prep: "Prepared", n_users: int, n_items: int) -> None:
     r = prep.rows
     for col, n, name in (("uid", n_users, "user"), ("iid", n_items, "item")):
         v = r[col].to_numpy()
@@ -256,22 +406,38 @@ def make_optimizer(model: nn.Module, cfg: HashConfig) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def train(prep: Any, cfg: HashConfig, out_dir: str | os.PathLike | None = None, resume: bool = False,
+def train(prep: "Prepared", cfg: HashConfig, out_dir: str | os.PathLike | None = None, resume: bool = False,
           progress: bool = True, max_epochs: int | None = None,
-          on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
-    """Trains on ``prep``'s train split with early stopping on valid AUC.
+          on_epoch: Callable[[dict], None] | None = None, log: bool | None = None) -> TrainResult:
+    """Trains on ``prep``'s train split with early stopping on valid AUC (in the ``hash`` thread stage).
 
     Args:
         prep: a :class:`binllm.data.Prepared` dataset.
         cfg: model and loop settings.
-        out_dir: where ``checkpoint.pt`` is written after every epoch (atomic).
-        resume: continue from ``out_dir/checkpoint.pt`` if it exists.
-        max_epochs: stop after this many epochs in this call (to test resuming).
+        out_dir: where ``checkpoint.pt`` is written after every epoch (atomic); None: no checkpoint.
+        resume: continue from ``out_dir/checkpoint.pt``. Without it an existing checkpoint is an error.
+        progress: draw a progress bar (on a terminal).
+        max_epochs: stop after this many epochs *in this call* (to test resuming); ``cfg.max_epochs``
+            bounds the whole run.
+        on_epoch: called with each evaluation round's record.
+        log: one line on stderr per evaluation round; None: exactly when no bar is drawn
+            (``progress=False`` or stderr is not a terminal), so a log is never silent for minutes.
     Returns:
-        the best model (by valid AUC), its epoch and the per-epoch history.
+        the best model (by valid AUC), its epoch and the per-epoch history. Hash-model records carry
+        ``item_bit_entropy`` and ``item_distinct_codes`` (:func:`code_stats`).
     Raises:
+        CheckpointExistsError: `out_dir` holds a checkpoint and ``resume`` is False.
+        ValueError: resuming a checkpoint written with another config; empty splits; bad ids.
         FloatingPointError: the loss became NaN/Inf; the last good checkpoint is kept.
     """
+    if max_epochs is not None and max_epochs < 1:
+        raise ValueError(f"max_epochs must be >= 1 or None; got {max_epochs}")
+    with threads.stage("hash"):
+        return _train(prep, cfg, out_dir, resume, progress, max_epochs, on_epoch, log)
+
+
+def _train(prep: "Prepared", cfg: HashConfig, out_dir: str | os.PathLike | None, resume: bool, progress: bool,
+           max_epochs: int | None, on_epoch: Callable[[dict], None] | None, log: bool | None) -> TrainResult:
     from tqdm.auto import tqdm
 
     tr, va = SplitTensors.of(prep, "train"), SplitTensors.of(prep, "valid")
@@ -281,69 +447,106 @@ def train(prep: Any, cfg: HashConfig, out_dir: str | os.PathLike | None = None, 
     opt = make_optimizer(model, cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     loss_fn = nn.BCEWithLogitsLoss()
-    state = {"epoch": 0, "best_auc": -math.inf, "best_epoch": -1, "best_state": None, "bad": 0, "history": [],
-             "seconds": 0.0}
-    ckpt = Path(out_dir) / "checkpoint.pt" if out_dir is not None else None
+    st = _LoopState()
+    ckpt = Path(out_dir) / CHECKPOINT if out_dir is not None else None
     if ckpt is not None:
+        if ckpt.exists() and not resume:
+            raise CheckpointExistsError(
+                f"{ckpt} exists (epoch {_epoch_of(ckpt)}); pass resume=True (--resume) to continue it, or delete "
+                f"{ckpt.parent} to start again")
         ckpt.parent.mkdir(parents=True, exist_ok=True)
-        if resume and ckpt.exists():
-            c = torch.load(ckpt, weights_only=False)
-            if c["config"] != dataclasses.asdict(cfg):
+        if ckpt.exists():
+            c = _load_checkpoint(ckpt)
+            if _config_of(c, ckpt) != cfg:
                 raise ValueError(f"{ckpt} was written with another config; use a new out_dir or the same settings")
             model.load_state_dict(c["model"])
             opt.load_state_dict(c["optimizer"])
             gen.set_state(c["generator"])
-            state = c["state"]
+            st = _LoopState(**c["state"])
+    bar_on = progress and sys.stderr.isatty()
+    if log is None:
+        log = not bar_on
+    regularise = cfg.model == "hash" and (cfg.balance_weight > 0 or cfg.decorr_weight > 0)
     n = len(tr.u)
     done_this_call = 0
-    bar = tqdm(total=cfg.max_epochs, initial=state["epoch"], desc=f"train {cfg.model}", disable=None if progress else True,
-               leave=False)
-    while state["epoch"] < cfg.max_epochs:
+    bar = tqdm(total=cfg.max_epochs, initial=st.epoch, desc=f"train {cfg.model}", disable=not bar_on, leave=False)
+    # the patience test sits at the top so that resuming a finished run trains no further epoch
+    while st.epoch < cfg.max_epochs and st.bad < cfg.patience:
         if max_epochs is not None and done_this_call >= max_epochs:
             break
-        epoch, t0 = state["epoch"], time.perf_counter()
+        epoch, t0 = st.epoch, time.perf_counter()
         beta = cfg.beta(epoch)
         model.train()
         perm = torch.randperm(n, generator=gen)
         total = 0.0
         for b in range(0, n, cfg.batch_size):
             idx = perm[b:b + cfg.batch_size]
-            logits = model(tr.u[idx], tr.i[idx], beta, gen)
-            loss = loss_fn(logits, tr.y[idx])
+            if regularise:
+                logits, cu, ci = model.pair(tr.u[idx], tr.i[idx], beta, gen)
+                loss = loss_fn(logits, tr.y[idx])
+                reg = _regulariser(cfg, cu) + _regulariser(cfg, ci)
+            else:
+                logits = model(tr.u[idx], tr.i[idx], beta, gen)
+                loss = loss_fn(logits, tr.y[idx])
+                reg = None
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"loss became {loss.item()} at epoch {epoch} (lr={cfg.lr}); the last good checkpoint "
                     f"{ckpt if ckpt else '(none: no out_dir)'} is kept — lower lr or raise weight_decay")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if reg is None else loss + reg).backward()
             opt.step()
             total += loss.item() * len(idx)
         res = evaluate(model, va)
-        state["seconds"] += time.perf_counter() - t0
-        rec = {"epoch": epoch, "beta": beta, "loss": total / n, "valid_auc": res["auc"], "valid_uauc": res["uauc"],
-               "seconds": time.perf_counter() - t0}
-        state["history"].append(rec)
-        if res["auc"] > state["best_auc"]:
-            state.update(best_auc=res["auc"], best_epoch=epoch, best_state=copy.deepcopy(model.state_dict()), bad=0)
+        # plain Python numbers only: the checkpoint must load with weights_only=True
+        rec: dict[str, float | int] = {"epoch": epoch, "beta": float(beta), "loss": float(total / n),
+                                       "valid_auc": float(res["auc"]), "valid_uauc": float(res["uauc"])}
+        if cfg.model == "hash":
+            cs = code_stats(model.packed_codes("item")[1:], cfg.d)
+            rec.update(item_bit_entropy=cs["bit_entropy"], item_distinct_codes=cs["distinct_codes"])
+        rec["seconds"] = time.perf_counter() - t0
+        st.seconds += rec["seconds"]
+        st.history.append(rec)
+        if rec["valid_auc"] > st.best_auc:
+            st.best_auc, st.best_epoch, st.bad = rec["valid_auc"], epoch, 0
+            st.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         elif beta >= 1 or not cfg.stop_only_binary or cfg.model != "hash":
-            state["bad"] += 1
-        state["epoch"] = epoch + 1
+            st.bad += 1
+        st.epoch = epoch + 1
         done_this_call += 1
         if ckpt is not None:
-            _atomic_save({"config": dataclasses.asdict(cfg), "model": model.state_dict(),
-                          "optimizer": opt.state_dict(), "generator": gen.get_state(), "state": state}, ckpt)
+            _atomic_save({"format": _FORMAT, "config": dataclasses.asdict(cfg), "model": model.state_dict(),
+                          "optimizer": opt.state_dict(), "generator": gen.get_state(),
+                          "state": dataclasses.asdict(st)}, ckpt)
         if on_epoch:
             on_epoch(rec)
         bar.update(1)
         bar.set_postfix(beta=f"{beta:.2f}", loss=f"{rec['loss']:.4f}", auc=f"{res['auc']:.4f}")
-        if state["bad"] >= cfg.patience:
-            break
+        if log:
+            extra = (f" bit_entropy {rec['item_bit_entropy']:.3f} codes {rec['item_distinct_codes']}"
+                     if "item_bit_entropy" in rec else "")
+            print(f"train {cfg.model}: epoch {epoch + 1}/{cfg.max_epochs} beta {beta:.2f} loss {rec['loss']:.4f} "
+                  f"valid_auc {res['auc']:.4f} (best {st.best_auc:.4f} @ {st.best_epoch + 1}, "
+                  f"{st.bad}/{cfg.patience} without gain){extra} {rec['seconds']:.2f}s", file=sys.stderr, flush=True)
     bar.close()
-    if state["best_state"] is not None:
-        model.load_state_dict(state["best_state"])
-    return TrainResult(model, state["best_epoch"], state["best_auc"], state["history"], state["seconds"],
-                       state["epoch"])
+    if st.best_state is not None:
+        model.load_state_dict(st.best_state)
+    return TrainResult(model, st.best_epoch, st.best_auc, st.history, st.seconds, st.epoch)
+
+
+def _epoch_of(path: Path) -> str:
+    """The epoch a checkpoint reached, for error messages ('?' when unreadable)."""
+    try:
+        return str(_load_checkpoint(path)["state"]["epoch"])
+    except (ValueError, KeyError, TypeError):
+        return "?"
+
+
+def iter_history(out_dir: str | os.PathLike) -> Iterator[dict]:
+    """The per-epoch records stored in a run folder's checkpoint."""
+    yield from _load_checkpoint(Path(out_dir) / CHECKPOINT)["state"]["history"]
 
 
 def config_from_json(text: str) -> HashConfig:
+    """A :class:`HashConfig` from its JSON dict (as stored in code books and checkpoints)."""
     return HashConfig(**json.loads(text))

@@ -1,8 +1,10 @@
 """The hash model: STE gradients, beta schedule, training, checkpoints/resume,
-determinism, code books, and that exported codes reproduce the model's scores."""
+determinism, code books, and that exported codes reproduce the model's scores.
+Runs on a small generated dataset (a few thousand rows) so the file takes seconds."""
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -12,9 +14,22 @@ from binllm.codebook import CodeBook
 from binllm.hashing import HashConfig
 
 
+def synthetic_ratings(n_rows=3000, n_users=60, n_items=80, seed=0):
+    """Ratings from a rank-4 taste model, so a hash model can learn something quickly."""
+    rng = np.random.default_rng(seed)
+    pu, pi = rng.standard_normal((n_users, 4)), rng.standard_normal((n_items, 4))
+    u, i = rng.integers(0, n_users, n_rows), rng.integers(0, n_items, n_rows)
+    rating = np.where((pu[u] * pi[i]).sum(1) + 0.5 * rng.standard_normal(n_rows) > 0, 5.0, 2.0)
+    frame = pd.DataFrame({"user": [f"u{k}" for k in u], "item": [f"i{k}" for k in i], "rating": rating,
+                          "timestamp": rng.permutation(n_rows) + 10**9})
+    titles = pd.Series([f"item {k}" for k in range(n_items)], index=[f"i{k}" for k in range(n_items)])
+    return data.Ratings(frame, titles, "synthetic")
+
+
 @pytest.fixture(scope="module")
 def prep():
-    return data.prepare(data.read_ml100k(), "ml-100k")
+    return data.prepare(synthetic_ratings(), data.Protocol("synthetic", label_min=4, split="quantile"),
+                        progress=False)
 
 
 def test_sign_ste_forward_and_backward():
@@ -54,7 +69,8 @@ def test_mixing_uses_binary_with_probability_beta():
 
 
 def small_cfg(**kw):
-    base = dict(d=32, lr=1e-2, weight_decay=1e-3, max_epochs=6, beta_step=0.25, patience=50, seed=3)
+    base = dict(d=32, lr=1e-2, weight_decay=1e-5, batch_size=256, max_epochs=6, beta_step=0.25, patience=50,
+                seed=3)
     base.update(kw)
     return HashConfig(**base)
 
@@ -87,6 +103,89 @@ def test_deterministic_and_resume_equals_uninterrupted(prep, tmp_path):
         assert [h["loss"] for h in full.history] == [h["loss"] for h in other.history]
     with pytest.raises(ValueError, match="another config"):
         hashing.train(prep, dataclasses.replace(cfg, lr=0.5), tmp_path / "c", resume=True, progress=False)
+
+
+def test_existing_checkpoint_needs_resume(prep, tmp_path):
+    cfg = small_cfg(max_epochs=2)
+    hashing.train(prep, cfg, tmp_path, progress=False, max_epochs=1)
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(hashing.CheckpointExistsError, match="resume=True.*or delete"):
+        hashing.train(prep, cfg, tmp_path, progress=False)
+    assert issubclass(hashing.CheckpointExistsError, ValueError)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+
+
+def test_checkpoint_is_weights_only_and_load_best(prep, tmp_path):
+    res = hashing.train(prep, small_cfg(max_epochs=5), tmp_path, progress=False)
+    c = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert c["state"]["epoch"] == 5 and HashConfig(**c["config"]) == small_cfg(max_epochs=5)
+    best = hashing.load_best(tmp_path)
+    np.testing.assert_array_equal(best.packed_codes("item"), res.model.packed_codes("item"))
+    te = hashing.SplitTensors.of(prep, "test")
+    np.testing.assert_array_equal(hashing.predict(best, te), hashing.predict(res.model, te))
+    with pytest.raises(FileNotFoundError, match="no hash-model checkpoint"):
+        hashing.load_best(tmp_path / "nothing")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "checkpoint.pt").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="not a readable hash-model checkpoint"):
+        hashing.load_best(tmp_path / "bad")
+
+
+def test_resuming_a_finished_run_trains_nothing(prep, tmp_path):
+    cfg = small_cfg(max_epochs=30, patience=1, beta_step=1.0)
+    first = hashing.train(prep, cfg, tmp_path, progress=False)
+    assert first.epochs_run < 30  # stopped early
+    again = hashing.train(prep, cfg, tmp_path, progress=False, resume=True)
+    assert again.epochs_run == first.epochs_run and again.history == first.history
+
+
+def test_one_log_line_per_round_without_bar(prep, capsys):
+    hashing.train(prep, small_cfg(max_epochs=3), None, progress=False)
+    lines = [l for l in capsys.readouterr().err.splitlines() if l.startswith("train hash: epoch")]
+    assert len(lines) == 3 and "valid_auc" in lines[0] and "bit_entropy" in lines[0]
+    hashing.train(prep, small_cfg(max_epochs=2), None, progress=False, log=False)
+    assert "train hash" not in capsys.readouterr().err
+
+
+def test_code_stats():
+    codes = np.packbits(np.array([[1, 0, 1, 1], [0, 0, 1, 1], [1, 0, 1, 1], [0, 0, 1, 1]], bool), axis=1)
+    s = hashing.code_stats(codes, 4)
+    # bit 0: half ones (entropy 1); bits 1-3 constant (0): mean 0.25
+    assert s == {"bit_entropy": 0.25, "distinct_codes": 2, "n": 4}
+    assert hashing.code_stats(np.zeros((0, 1), np.uint8), 4)["distinct_codes"] == 0
+    with pytest.raises(ValueError, match="codes_packed must be a 2-D uint8 array"):
+        hashing.code_stats(np.zeros(4, np.uint8), 4)
+
+
+def test_regularisers():
+    cfg = HashConfig(balance_weight=2.0)
+    assert hashing._regulariser(cfg, torch.ones(8, 4)).item() == pytest.approx(2.0)
+    assert hashing._regulariser(cfg, torch.tensor([[1.0, -1], [-1, 1]])).item() == pytest.approx(0.0)
+    dc = HashConfig(decorr_weight=1.0)
+    x = torch.randint(0, 2, (4096, 3)).float() * 2 - 1  # independent balanced +-1 bits
+    same = torch.cat([x[:, :1], x[:, :1]], 1)
+    assert hashing._regulariser(dc, same).item() == pytest.approx(1.0)
+    assert hashing._regulariser(dc, torch.ones(8, 3)).item() == pytest.approx(1.0)  # constant bits are penalised
+    assert hashing._regulariser(dc, x).item() < 0.01
+    with pytest.raises(ValueError, match="balance_weight must be a finite number >= 0"):
+        HashConfig(balance_weight=-1)
+    with pytest.raises(ValueError, match="decorr_weight"):
+        HashConfig(decorr_weight=float("nan"))
+
+
+def test_regularised_training_runs_and_differs(prep):
+    plain = hashing.train(prep, small_cfg(max_epochs=3), None, progress=False, log=False)
+    reg = hashing.train(prep, small_cfg(max_epochs=3, balance_weight=1.0, decorr_weight=0.1), None, progress=False,
+                        log=False)
+    assert np.isfinite(reg.best_valid_auc) and "item_bit_entropy" in reg.history[-1]
+    assert [h["loss"] for h in plain.history] != [h["loss"] for h in reg.history]
+
+
+def test_mf_baseline_config():
+    c = HashConfig.mf_baseline(max_epochs=7)
+    assert (c.model, c.d, c.lr, c.weight_decay, c.patience, c.max_epochs) == ("mf", 256, 1e-3, 1e-4, 10, 7)
+    with pytest.raises(TypeError):
+        HashConfig.mf_baseline(nonsense=1)
 
 
 def test_mf_baseline_trains(prep):

@@ -1,0 +1,82 @@
+"""binllm.threads: spec parsing, env/override precedence, and that a stage really
+sets (and restores) torch's and the C++ core's thread counts."""
+import pytest
+import torch
+
+import binllm
+from binllm import threads
+
+
+@pytest.fixture(autouse=True)
+def clean(monkeypatch):
+    monkeypatch.delenv(threads.ENV_VAR, raising=False)
+    threads.set_override(None)
+    yield
+    threads.set_override(None)
+
+
+def test_parse_spec():
+    assert threads.parse_spec("3") == {k: 3 for k in threads.KINDS}
+    assert threads.parse_spec(" hash=1 , llm=2 ") == {"hash": 1, "llm": 2}
+
+
+@pytest.mark.parametrize("bad", ["", "0", "-1", "two", "hash=0", "hash=1,hash=2", "gpu=1", "hash", "hash=1,",
+                                 "1.5", "hash=x"])
+def test_parse_spec_rejects(bad):
+    with pytest.raises(ValueError, match="spec"):
+        threads.parse_spec(bad)
+
+
+def test_defaults_and_plan():
+    p = threads.plan()
+    assert set(p) == set(threads.KINDS) and all(v >= 1 for v in p.values())
+    assert p["hash"] == 1 and p["data"] == 1
+
+
+def test_env_and_override_precedence(monkeypatch):
+    monkeypatch.setenv(threads.ENV_VAR, "hash=2,llm=1")
+    assert threads.plan()["hash"] == 2 and threads.plan()["llm"] == 1
+    threads.set_override("hash=3")
+    assert threads.plan()["hash"] == 3 and threads.plan()["llm"] == 1
+    assert "--threads" in threads.describe() and threads.ENV_VAR in threads.describe()
+    threads.set_override("")
+    assert threads.plan()["hash"] == 2
+
+
+def test_bad_env_names_variable(monkeypatch):
+    monkeypatch.setenv(threads.ENV_VAR, "hash=lots")
+    with pytest.raises(ValueError, match=threads.ENV_VAR):
+        threads.plan()
+    with pytest.raises(ValueError, match=threads.ENV_VAR):
+        with threads.stage("hash"):
+            pass
+
+
+def test_bad_override_keeps_previous():
+    threads.set_override("llm=2")
+    with pytest.raises(ValueError, match="--threads"):
+        threads.set_override("llm=0")
+    assert threads.plan()["llm"] == 2
+    with pytest.raises(TypeError):
+        threads.set_override(3)  # type: ignore[arg-type]
+
+
+def test_stage_sets_and_restores():
+    torch.set_num_threads(2)
+    binllm.set_num_threads(2)
+    threads.set_override("hash=1,kernels=3,llm=2")
+    with threads.stage("hash") as n:
+        assert n == 1 and torch.get_num_threads() == 1 and binllm.num_threads() == 3
+        # a parallel region inside the stage, then a nested stage still switches torch
+        torch.randn(256, 256) @ torch.randn(256, 256)
+        with threads.stage("llm"):
+            assert torch.get_num_threads() == 2
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2 and binllm.num_threads() == 2
+    with pytest.raises(ValueError, match="kind must be one of"):
+        with threads.stage("gpu"):
+            pass
+    with pytest.raises(RuntimeError):
+        with threads.stage("hash"):
+            raise RuntimeError("boom")
+    assert torch.get_num_threads() == 2
