@@ -277,7 +277,7 @@ def _diff_stats(out: dict[str, float | int], m: str, a: float, b: float, d: np.n
 
 # ---------------------------------------------------------------- evaluation and tables
 
-def evaluate(users: Any, labels: Any, scores: Any, warm: Any = None, n_boot: int = 1000, seed: int = 0,
+def evaluate(users: Any, labels: Any, scores: Any, warm: Any = None, n_boot: int = 0, seed: int = 0,
              level: float = 0.95) -> dict[str, float | int]:
     """AUC and UAUC with bootstrap intervals overall and, given `warm` (bool per
     row), on warm and cold rows (keys prefixed `warm_` / `cold_`).
@@ -286,7 +286,8 @@ def evaluate(users: Any, labels: Any, scores: Any, warm: Any = None, n_boot: int
     n_users_uauc; plus the older names rows (overall) / warm_rows / cold_rows,
     uauc_users (= n_users_uauc) and uauc_skipped; and n_boot, level. A part
     without both labels gets NaN metrics and its counts (never an error).
-    `n_boot=0` skips the bootstrap (intervals NaN), e.g. for per-epoch validation."""
+    `n_boot=0` (the default: per-epoch validation needs no intervals) skips the
+    bootstrap (intervals NaN); result tables pass n_boot=1000."""
     y, s, u = _check(labels, scores, users)
     if not (isinstance(n_boot, (int, np.integer)) and not isinstance(n_boot, bool) and n_boot == 0):
         _check_boot(n_boot, seed, level)
