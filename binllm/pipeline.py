@@ -257,8 +257,9 @@ def _notes(cfg: RunConfig, out: Path, prep: object, seconds: float) -> list[str]
         if h:
             lines.append(f"Hash model on the whole test split: AUC {h.get('auc', float('nan')):.4f}, "
                          f"UAUC {h.get('uauc', float('nan')):.4f}; best epoch {h.get('best_epoch')}; "
-                         f"{h.get('user_distinct', h.get('distinct_user_codes', '?'))} distinct user codes, "
-                         f"{h.get('item_distinct', h.get('distinct_item_codes', '?'))} item codes.")
+                         f"{h.get('user_distinct_codes', '?')} distinct user codes (bit entropy "
+                         f"{h.get('user_bit_entropy', float('nan')):.3f}), {h.get('item_distinct_codes', '?')} item "
+                         f"codes (bit entropy {h.get('item_bit_entropy', float('nan')):.3f}).")
         if m.get("mf"):
             lines.append(f"MF on the whole test split: AUC {m['mf'].get('auc', float('nan')):.4f}, "
                          f"UAUC {m['mf'].get('uauc', float('nan')):.4f}.")

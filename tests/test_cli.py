@@ -185,7 +185,7 @@ def test_run_resumes_and_skips_every_stage(prepared: Path, tiny: Path, tmp_path,
     cfg = dict(out=str(tmp_path / "run"), data=str(prepared), model=str(tiny), dtype="float32", device="cpu",
                bits=16, train_rows=40, valid_rows=20, test_rows=30, step1_steps=2, step2_steps=2, eval_steps=2,
                batch_size=4, hash_epochs=3, n_boot=100, max_titles=3)
-    argv = ["run"] + [x for k, v in cfg.items() for x in (f"--{k.replace('_', '-')}", v)]
+    argv = ["run"] + [str(x) for k, v in cfg.items() for x in (f"--{k.replace('_', '-')}", v)]
     assert run_cli(*argv) == 0
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     assert set(res["results"]) >= {"MF (256-d)", "BinMF (hash model, 16 bits)", "text-only (step 1)",
