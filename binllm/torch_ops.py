@@ -17,10 +17,18 @@ The kernels (every op but ``sign_ste``) call binllm's public functions
 (:mod:`binllm.codes`): CPU tensors go to the C++ core as zero-copy numpy views,
 CUDA tensors to the CUDA backend, so results equal the eager functions bit for
 bit and bad input raises the same errors. Each op has a fake (meta) kernel that
-gives output shapes and dtypes and checks dtypes and shapes with the same
-messages, so the ops run inside ``torch.compile(fullgraph=True)`` and
-``torch.export`` without graph breaks; checks that need the data (NaN, tail
-bits) run when the kernel runs.
+gives output shapes and dtypes (symbolic sizes included) and rejects bad dtypes,
+shapes and arguments with the error type and argument name of the eager check,
+so the ops run inside ``torch.compile(fullgraph=True)`` and ``torch.export``
+without graph breaks and fail at trace time on bad metadata; checks that need
+the data (NaN, tail bits) run when the kernel runs.
+
+Cost: each call goes through ``custom_op``'s Python autograd and dispatch
+layers, tens of microseconds more than the direct call (bench/bench_torch_ops.py),
+and the first call in a process imports ``torch._dynamo`` (custom_op wraps
+kernels in ``torch._dynamo.disable``): one to a few seconds. For small inputs
+in eager code the functions of :mod:`binllm` are cheaper; inside compiled or
+exported models these ops are the way in.
 
 ``sign_ste`` is written in torch ops (any device) with its backward registered
 through ``torch.library.register_autograd``: forward +1 where x >= 0 (both

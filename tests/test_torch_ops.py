@@ -77,6 +77,14 @@ def test_pack_signs_non_contiguous(rng):
         np.testing.assert_array_equal(ops.pack_signs(x).numpy(), ref_pack(x.numpy()))
 
 
+def test_integer_ops_take_inputs_that_require_grad(rng):
+    x = torch.from_numpy(rng.standard_normal((5, 12)).astype(np.float32)).requires_grad_()
+    c = ops.pack_signs(torch.tanh(x))  # codes of an intermediate of a training graph: no gradient flows
+    assert not c.requires_grad and torch.equal(c, binllm.pack_signs(x.detach()))
+    with torch.inference_mode():
+        assert torch.equal(ops.dot_all(c, c, 12), binllm.dot_all(c, c, 12))
+
+
 @pytest.mark.parametrize("d", DIMS)
 @pytest.mark.parametrize("out_dtype", ["int32", "int16"])
 def test_dot_and_hamming_all_match_eager_and_numpy(rng, d, out_dtype):
