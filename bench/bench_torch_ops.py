@@ -13,9 +13,9 @@
 
 All variants are first checked to agree (same losses and gradients eager; compiled
 within float tolerance). Writes bench/results/torch_ops.md/.csv (``--quick``:
-torch_ops_quick.*, d = 32 only and fewer steps).
+torch_ops_quick.*, d = 32 only, fewer steps, 1 thread).
 
-    python bench/bench_torch_ops.py [--quick]
+    python bench/bench_torch_ops.py [--quick] [--threads N]
 """
 from __future__ import annotations
 
@@ -112,7 +112,7 @@ def check_and_time_training(d: int, steps: int, repeats: int, rows: list[dict]) 
             # may reorder float sums: a tolerance, not equality
             assert all(abs(a - b) <= 1e-4 * max(1.0, abs(b)) for a, b in zip(losses, reference)), (
                 f"{'compiled' if compiled else 'eager'} {name}: losses {losses} vs eager SignSTE {reference}")
-            r = timeit(lambda: run(batches), repeats=repeats, warmup=1)
+            r = timeit(lambda run=run: run(batches), repeats=repeats, warmup=1)
             ms = r["median"] / steps * 1e3
             if base_ms is None:
                 base_ms = ms
@@ -128,9 +128,9 @@ def time_call_overhead(quick: bool, rows: list[dict]) -> None:
     sizes = [(64, 32), (2048, 32), (200_000 if quick else 1_000_000, 64)]
     for n, d in sizes:
         x = torch.randn(n, d, generator=g)
-        calls = {"binllm.pack_signs (direct)": lambda: binllm.pack_signs(x),
-                 "torch_ops.pack_signs": lambda: ops.pack_signs(x),
-                 "torch.ops.binllm.pack_signs.default": lambda: torch.ops.binllm.pack_signs.default(x)}
+        calls = {"binllm.pack_signs (direct)": lambda x=x: binllm.pack_signs(x),
+                 "torch_ops.pack_signs": lambda x=x: ops.pack_signs(x),
+                 "torch.ops.binllm.pack_signs.default": lambda x=x: torch.ops.binllm.pack_signs.default(x)}
         want = binllm.pack_signs(x)
         for f in calls.values():
             assert torch.equal(f(), want)
@@ -145,7 +145,7 @@ def time_call_overhead(quick: bool, rows: list[dict]) -> None:
 def _overhead_rows(bench: str, d: int, calls: dict[str, Callable[[], object]], inner: int, rows: list[dict]) -> None:
     base = None
     for name, f in calls.items():
-        def loop() -> None:
+        def loop(f: Callable[[], object] = f) -> None:
             for _ in range(inner):
                 f()
         r = timeit(loop, repeats=7, warmup=1)
@@ -159,7 +159,13 @@ def _overhead_rows(bench: str, d: int, calls: dict[str, Callable[[], object]], i
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="d = 32 only, fewer steps and repeats")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (default: torch's own; 1 with --quick, since on a shared machine "
+                         "two OpenMP threads spinning for two busy cores made steps 20x slower)")
     args = ap.parse_args()
+    threads = args.threads or (1 if args.quick else None)
+    if threads:
+        torch.set_num_threads(threads)
     rows: list[dict] = []
     time_call_overhead(args.quick, rows)
     for d in (32,) if args.quick else (32, 64):
@@ -170,13 +176,14 @@ def main() -> None:
         "Train step: ms per step (median of repeats over a fixed list of batches), vs_today = SignSTE eager / this. "
         "first_call_s: the compiled variants' first 3 steps, which include the compilation. "
         "Overhead rows: ms per call, vs_today = direct call / this. "
+        + f"torch threads: {torch.get_num_threads()}. "
         + ("QUICK run (d = 32 only, 10 steps x 3 repeats): the machine was shared, numbers are indicative only."
            if args.quick else "")
     )
     name = "torch_ops_quick" if args.quick else "torch_ops"
     path = write_table(name, rows, ["bench", "d", "variant", "ms", "min_ms", "max_ms", "vs_today", "first_call_s",
                                     "repeats"], env, notes)
-    print(open(path).read().split("Environment")[0])
+    print(path.read_text().split("Environment")[0])
 
 
 if __name__ == "__main__":

@@ -275,14 +275,14 @@ def _sign_ste_fake(x: torch.Tensor, clip: bool) -> torch.Tensor:
     return torch.empty_like(x)
 
 
-def _sign_ste_setup(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: torch.Tensor) -> None:
+def _sign_ste_setup(ctx, inputs: tuple[torch.Tensor, bool], output: torch.Tensor) -> None:
     x, clip = inputs
     ctx.clip = clip
     if clip:
         ctx.save_for_backward(x)
 
 
-def _sign_ste_backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple:
+def _sign_ste_backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
     if ctx.clip:
         (x,) = ctx.saved_tensors
         return grad * (x.abs() <= 1).to(grad.dtype), None

@@ -43,7 +43,7 @@ def ref_topk(q: np.ndarray, items: np.ndarray, d: int, k: int) -> tuple[np.ndarr
 
 def test_import_binllm_stays_light():
     code = "import sys, binllm; print('torch' in sys.modules, 'binllm.torch_ops' in sys.modules)"
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["False", "False"]
 
