@@ -1,6 +1,7 @@
 """Prompts, Yes/No scoring and LoRA tuning on a tiny in-code Llama."""
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -196,7 +197,10 @@ def test_torchrun_two_cpu_processes(tiny, tmp_path):
     script.write_text(DDP_SCRIPT)
     out = tmp_path / "out"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+    with socket.socket() as so:  # a free port: parallel test runs must not collide
+        so.bind(("127.0.0.1", 0))
+        port = str(so.getsockname()[1])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port,
            str(script), str(tiny), str(Path(__file__).parent), str(out)]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
