@@ -88,7 +88,7 @@ def filter_excluded(scores: np.ndarray, idx: np.ndarray, excl_offsets: np.ndarra
 
 def retrieve_codes(user_codes: np.ndarray, item_codes: np.ndarray, d: int, n: int,
                    excl_offsets: np.ndarray | None = None, excl_items: np.ndarray | None = None,
-                   chunk: int = 16384) -> tuple[np.ndarray, np.ndarray]:
+                   chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
     """Top-n items per query code by +-1 inner product, without each query's excluded items.
 
     Args:
