@@ -28,9 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _status_bytes(field: str = "VmRSS") -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
     return 0
 
 
@@ -173,8 +174,8 @@ def main() -> None:
 
         # 2. agreement on a few hundred users: binllm vs a numpy oracle (exact order), FAISS (exact scores)
         nchk = min(300, args.users)
-        a = _run_child("binllm", data, nchk, args, 1, str(data / "chk_binllm.npy"))
-        b = _run_child("faiss", data, nchk, args, 1, str(data / "chk_faiss.npy"))
+        _run_child("binllm", data, nchk, args, 1, str(data / "chk_binllm.npy"))
+        _run_child("faiss", data, nchk, args, 1, str(data / "chk_faiss.npy"))
         sb, ib = np.load(data / "chk_binllm.npy")
         sf, _ = np.load(data / "chk_faiss.npy")
         import binllm

@@ -67,7 +67,7 @@ def filter_excluded(scores: np.ndarray, idx: np.ndarray, excl_offsets: np.ndarra
         (scores (q, n), idx int64 (q, n)); places past the remaining items hold idx -1 and the
         lowest score of the dtype.
     """
-    q, kk = idx.shape
+    q = len(idx)
     counts = np.diff(excl_offsets)
     ek = np.sort(np.repeat(np.arange(q, dtype=np.int64), counts) * n_items + excl_items.astype(np.int64))
     ck = np.arange(q, dtype=np.int64)[:, None] * n_items + idx
@@ -285,7 +285,7 @@ class Recommender:
         if users is None:
             return np.arange(1, self.prep.n_user_slots, dtype=np.int64)
         if isinstance(users, (str, bytes)):
-            raise ValueError(f"users must be a list of raw user ids (or None for all users); got the string {users!r}")
+            raise TypeError(f"users must be a list of raw user ids (or None for all users); got the string {users!r}")
         ids = [str(u) for u in users]
         bad = [u for u in ids if u not in self._slot]
         if bad:
@@ -596,7 +596,7 @@ def evaluate_lists(run_dir: str | os.PathLike, users: int | None = None, ks: Seq
         rows["MF retrieval"] = row(rec.retrieve(slots, kmax, "mf").items, slots, seed)
     if rerank_methods and len(rr_slots):
         cands = rec.retrieve(rr_slots, n, "binmf")
-        rows[f"BinMF retrieval (re-rank users)"] = row(cands.items, rr_slots, seed)
+        rows["BinMF retrieval (re-rank users)"] = row(cands.items, rr_slots, seed)
         names = {"text": "BinMF + text-only re-rank", "binllm": "BinMF + BinLLM re-rank"}
         for m in rerank_methods:
             rows[names[m]] = row(rec.rerank(cands, m, kmax).items, rr_slots, seed)
@@ -611,9 +611,10 @@ def lists_markdown(res: dict, digits: int = 4) -> str:
     """Markdown table of :func:`evaluate_lists` results: mean [95% interval] per metric."""
     s = res["settings"]
     cols = [f"{m}@{k}" for k in s["ks"] for m in ("HR", "NDCG")]
-    lines = [f"Users with test positives: {s['users']} evaluated ({s['users_with_test_positives']} in all), "
-             f"re-ranking on {s['rerank_users']} of them over {s['n']} BinMF candidates; 95% percentile-bootstrap "
-             f"intervals over users ({s['n_boot']} resamples).", "",
+    head = (f"Users with test positives: {s['users']} evaluated ({s['users_with_test_positives']} in all), "
+            f"re-ranking on {s['rerank_users']} of them over {s['n']} BinMF candidates; 95% percentile-bootstrap "
+            f"intervals over users ({s['n_boot']} resamples).")
+    lines = [head, "",
              "| method | users | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for name, r in res["rows"].items():
         cells = [f"{r[c][0]:.{digits}f} [{r[c][1]:.{digits}f}, {r[c][2]:.{digits}f}]" for c in cols]

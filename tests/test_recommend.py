@@ -105,7 +105,7 @@ def test_retrieve_codes_matches_oracle(rng, d, m, n, chunk):
     np.testing.assert_array_equal(s[i >= 0], np.take_along_axis(full, np.maximum(i, 0), 1)[i >= 0])
     assert (s[i < 0] == np.iinfo(np.int32).min).all() and (i[-1] == -1).all()
     # no exclusions at all
-    s0, i0 = rc.retrieve_codes(u, it, d, min(n, m))
+    _, i0 = rc.retrieve_codes(u, it, d, min(n, m))
     np.testing.assert_array_equal(i0, oracle_topn(full, [set()] * q, min(n, m)))
 
 
@@ -201,7 +201,7 @@ def test_bad_input(run_dir, rec, tmp_path):
     out = tmp_path / "x.jsonl"
     with pytest.raises(ValueError, match=r"users: 2 unknown user id\(s\), e.g. \['nobody', 'U1'\]"):
         rc.recommend(run_dir, out, users=["U100", "nobody", "U1"], progress=False)
-    with pytest.raises(ValueError, match="users must be a list of raw user ids"):
+    with pytest.raises(TypeError, match="users must be a list of raw user ids"):
         rc.recommend(run_dir, out, users="U100", progress=False)
     with pytest.raises(ValueError, match=r"n must be an integer >= k .*k=10\); got 5"):
         rc.recommend(run_dir, out, n=5, k=10)
