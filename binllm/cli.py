@@ -380,6 +380,65 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- recommend
+
+
+def _recommend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="a finished run folder (binllm run)")
+    p.add_argument("--out", required=True, help="output file (.jsonl or .tsv, written atomically)")
+    p.add_argument("--users", help="raw user ids, comma-separated, or @FILE with one id a line (default: all users)")
+    p.add_argument("--n", type=int, default=50, help="candidates retrieved by the packed codes")
+    p.add_argument("--k", type=int, default=10, help="items in each final list")
+    p.add_argument("--rerank", choices=["text", "binllm"], help="re-rank the candidates with this tuned adapter")
+    p.add_argument("--format", dest="fmt", choices=["jsonl", "tsv"], default="jsonl")
+    p.add_argument("--include-valid", action="store_true", help="also exclude the items rated in valid")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+
+
+@command("recommend", "top-k lists per user: retrieval by packed codes, optional LLM re-ranking", _recommend_args)
+def _recommend(args: argparse.Namespace) -> int:
+    from .recommend import recommend
+
+    users = None
+    if args.users:
+        if args.users.startswith("@"):
+            users = [x.strip() for x in Path(args.users[1:]).read_text(encoding="utf-8").splitlines() if x.strip()]
+        else:
+            users = [x.strip() for x in args.users.split(",") if x.strip()]
+    out = recommend(args.run_dir, args.out, users=users, n=args.n, k=args.k, rerank=args.rerank, fmt=args.fmt,
+                    include_valid=args.include_valid, progress=not args.quiet, device=args.device, dtype=args.dtype)
+    print(f"wrote {out}")
+    return 0
+
+
+def _evaluate_lists_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="a finished run folder (binllm run)")
+    p.add_argument("--users", type=int, help="evaluate a sample of this many users (default: all)")
+    p.add_argument("--n", type=int, default=50, help="candidates retrieved for re-ranking")
+    p.add_argument("--rerank-users", type=int, default=8, help="users whose candidates the LLM re-ranks (slow)")
+    p.add_argument("--out", help="write OUT.md and OUT.json")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+
+
+@command("evaluate-lists", "HR@k / NDCG@k of retrieval and re-ranked lists with bootstrap intervals",
+         _evaluate_lists_args)
+def _evaluate_lists(args: argparse.Namespace) -> int:
+    from ._io import atomic_write_json, atomic_write_text
+    from .recommend import evaluate_lists, lists_markdown
+
+    res = evaluate_lists(args.run_dir, users=args.users, n=args.n, rerank_users=args.rerank_users, seed=args.seed,
+                         progress=not args.quiet, device=args.device, dtype=args.dtype)
+    md = lists_markdown(res)
+    if args.out:
+        atomic_write_json(Path(args.out).with_suffix(".json"), res)
+        atomic_write_text(Path(args.out).with_suffix(".md"), md)
+    print(md)
+    return 0
+
+
 # ---------------------------------------------------------------- run
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import stages
-from ._io import atomic_write_json
+from ._io import atomic_write_json, atomic_write_text
 from .progress import log
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -54,6 +54,7 @@ class RunConfig:
         ablations: also codes-only, intuitive (one-step) tuning and the other code style.
         hash_epochs: epoch cap of the hash model and MF.
         n_boot: bootstrap resamples of the intervals.
+        rerank_users: users whose 50 retrieved candidates each LLM re-ranks in the list evaluation (0: none).
         max_length: prompt tokens at most (longer prompts lose their oldest history titles).
         seed: samples, models and data order.
     """
@@ -86,6 +87,7 @@ class RunConfig:
     ablations: bool = False
     hash_epochs: int = 400
     n_boot: int = 1000
+    rerank_users: int = 12
     max_length: int = 1024
     seed: int = 0
 
@@ -102,6 +104,8 @@ class RunConfig:
             v = getattr(self, name)
             if v is not None and v < 2:
                 raise ValueError(f"{name} must be >= 2 or None (all rows); got {v}")
+        if self.rerank_users < 0:
+            raise ValueError(f"rerank_users must be >= 0; got {self.rerank_users}")
         for name in ("step1_steps", "step2_steps", "batch_size", "eval_steps", "patience", "lora_r", "hash_epochs",
                      "n_boot", "max_length"):
             if getattr(self, name) < 1:
@@ -181,7 +185,7 @@ def run(cfg: RunConfig, progress: bool = True) -> dict:
     cfg_file = out / "run_config.json"
     if cfg_file.is_file():
         old = json.loads(cfg_file.read_text())
-        keep = ("out", "ablations", "device")  # these may change between calls without touching finished stages
+        keep = ("out", "ablations", "device", "rerank_users", "n_boot")  # these may change between calls without touching finished stages
         if {k: v for k, v in old.items() if k not in keep} != {k: v for k, v in dataclasses.asdict(cfg).items()
                                                                if k not in keep}:
             changed = sorted(k for k in old if k not in keep and old.get(k) != getattr(cfg, k, None))
@@ -239,8 +243,19 @@ def run(cfg: RunConfig, progress: bool = True) -> dict:
     summary = stages.evaluate(data_dir, files, out / "results", pairs=pairs, n_boot=cfg.n_boot, seed=cfg.seed,
                               title=f"binllm run: {prep.meta.get('source', '?')} / "
                                     f"{prep.meta.get('protocol', {}).get('name', '?')}, {cfg.model}", notes=notes)
+    # 6. recommendation lists: retrieval by the packed codes, LLM re-ranking of a user sample
+    if not (out / "lists.json").is_file():
+        from .recommend import evaluate_lists, lists_markdown
+
+        if progress:
+            log(f"recommendation lists: retrieval for every user, re-ranking for {cfg.rerank_users}")
+        lists = evaluate_lists(out, rerank_methods=("text", "binllm") if cfg.rerank_users else (),
+                               rerank_users=max(cfg.rerank_users, 1), seed=cfg.seed, n_boot=cfg.n_boot,
+                               progress=progress, device=device, dtype=cfg.dtype)
+        atomic_write_text(out / "lists.md", lists_markdown(lists))
+        atomic_write_json(out / "lists.json", lists)
     if progress:
-        log("results:\n" + (out / "results.md").read_text())
+        log("results:\n" + (out / "results.md").read_text() + "\n" + (out / "lists.md").read_text())
     return summary
 
 

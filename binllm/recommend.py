@@ -187,6 +187,16 @@ def _load_mf(run_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     return state["user_emb.weight"].float().numpy().copy(), state["item_emb.weight"].float().numpy().copy()
 
 
+def run_data_dir(run_dir: Path) -> Path:
+    """The prepared dataset of a run: run_config.json's `data` (``binllm run --data``) or RUN/data."""
+    cfg = run_dir / "run_config.json"
+    if cfg.is_file():
+        d = json.loads(cfg.read_text()).get("data")
+        if d:
+            return Path(d)
+    return run_dir / "data"
+
+
 def _adapter_dir(run_dir: Path, method: str) -> Path:
     if method == "text":
         return run_dir / "llm" / "text" / "adapter"
@@ -246,14 +256,16 @@ class Recommender:
         run = Path(run_dir)
         if not run.is_dir():
             raise ValueError(f"run_dir {run_dir} is not a folder (give the output folder of `binllm run`)")
-        if not (run / "data" / "meta.json").is_file():
-            raise ValueError(f"run_dir {run_dir} has no prepared dataset (data/meta.json); is it a `binllm run` folder?")
+        data_dir = run_data_dir(run)
+        if not (data_dir / "meta.json").is_file():
+            raise ValueError(f"run_dir {run_dir} has no prepared dataset ({data_dir}/meta.json); is it a `binllm run` "
+                             "folder?")
         cb_path = run / "hash" / "codebook.safetensors"
         if not cb_path.is_file():
             raise ValueError(f"run_dir {run_dir} has no code book ({cb_path}); run `binllm run` or `binllm pretrain`")
         self.run_dir, self.include_valid = run, include_valid
         self.device, self.dtype, self.batch_size, self.progress = device, dtype, batch_size, progress
-        self.prep = data.load_prepared(run / "data")
+        self.prep = data.load_prepared(data_dir)
         self.codebook = CodeBook.load(cb_path)
         try:
             self.codebook.check_dataset(self.prep)

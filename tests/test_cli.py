@@ -184,7 +184,7 @@ def test_stage_commands_tune_score_evaluate(pretrained: Path, prepared: Path, ti
 def test_run_resumes_and_skips_every_stage(prepared: Path, tiny: Path, tmp_path, capsys):
     cfg = dict(out=str(tmp_path / "run"), data=str(prepared), model=str(tiny), dtype="float32", device="cpu",
                bits=16, train_rows=40, valid_rows=20, test_rows=30, step1_steps=2, step2_steps=2, eval_steps=2,
-               batch_size=4, hash_epochs=3, n_boot=100, max_titles=3)
+               batch_size=4, hash_epochs=3, n_boot=100, max_titles=3, rerank_users=2)
     argv = ["run"] + [str(x) for k, v in cfg.items() for x in (f"--{k.replace('_', '-')}", v)]
     assert run_cli(*argv) == 0
     res = json.loads((tmp_path / "run" / "results.json").read_text())
@@ -200,6 +200,16 @@ def test_run_resumes_and_skips_every_stage(prepared: Path, tiny: Path, tmp_path,
     out = capsys.readouterr().out
     assert out.count("skipped") >= 5, out
     assert {p: p.stat().st_mtime_ns for p in files} == stamps  # nothing was redone
+    lists = (tmp_path / "run" / "lists.md").read_text()
+    assert "BinMF" in lists and "NDCG" in lists
+    # recommendation lists from the finished run, raw ids out; bad input is one line
+    rec = tmp_path / "rec.jsonl"
+    assert run_cli("recommend", tmp_path / "run", "--out", rec, "--users", "1,2", "--k", 3, "--n", 5) == 0
+    got = [json.loads(x) for x in rec.read_text().splitlines()]
+    assert len(got) == 6 and {g["user_id"] if "user_id" in g else g["user"] for g in got} == {"1", "2"}
+    capsys.readouterr()
+    assert run_cli("recommend", tmp_path / "run", "--out", rec, "--k", 10, "--n", 5) == 2
+    assert "Traceback" not in capsys.readouterr().err
     # the same folder with other settings is refused
     argv2 = [a if a != "16" else "24" for a in argv]
     assert run_cli(*argv2) == 2
