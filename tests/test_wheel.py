@@ -108,14 +108,14 @@ def test_options_validation(tmp_path, kw, fragment):
 def test_build_and_check_wheel(tmp_path):
     """End to end: build, repair, install without compilers, oracle tests, doctor, CPU variant."""
     r = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path / "dist"), "--work", str(tmp_path / "work")],
-                       capture_output=True, text=True, timeout=3600)
+                       capture_output=True, text=True, timeout=3600, check=False)
     report_file = tmp_path / "dist" / "report.json"
     assert report_file.exists(), r.stdout[-3000:] + r.stderr[-3000:]
     report = json.loads(report_file.read_text())
     assert report["failures"] == [], r.stdout[-3000:]
     assert r.returncode == 0 and report["ok"]
     tag = f"cp{sys.version_info[0]}{sys.version_info[1]}"
-    assert report["wheel"].startswith(f"binllm-") and f"-{tag}-{tag}-" in report["wheel"]
+    assert report["wheel"].startswith("binllm-") and f"-{tag}-{tag}-" in report["wheel"]
     assert bw.parse_manylinux(report["auditwheel_show_tag"]) <= (2, 28)
     want = bw.expected_variant(bw.cpuinfo_flags(Path("/proc/cpuinfo").read_text()))
     assert report["doctor"]["cpu_variant"] == want
