@@ -79,7 +79,7 @@ def make_stages(quick: bool) -> dict[str, tuple[str, Callable[[], float]]]:
     from binllm import scoring
     from binllm.prompts import PromptBuilder, PromptConfig
 
-    prep = data.prepare(data.read_ml100k(), "ml-100k", progress=False)
+    prep = data.prepare(data.read_ml100k(), "ml-100k")
     cfg = hashing.HashConfig(max_epochs=2 if quick else 8, patience=10**6)
     budget_s = 20.0 if quick else 120.0
 
@@ -99,7 +99,7 @@ def make_stages(quick: bool) -> dict[str, tuple[str, Callable[[], float]]]:
         return len(done)
 
     def data_stage() -> float:
-        data.prepare(data.read_ml100k(), "ml-100k", progress=False)
+        data.prepare(data.read_ml100k(), "ml-100k")
         return 1
 
     lm, tok = scoring.load_llm(progress=False)

@@ -138,9 +138,9 @@ BALANCE_SETTINGS = [("off", 0.0, 0.0), ("balance 0.1", 0.1, 0.0), ("balance 1", 
 
 
 def bench_balance(quick: bool) -> None:
-    splits = {"ml-100k (global time)": data.prepare(data.read_ml100k(), "ml-100k", progress=False)}
+    splits = {"ml-100k (global time)": data.prepare(data.read_ml100k(), "ml-100k")}
     if "ml-100k-user" in data.PROTOCOLS:
-        splits["ml-100k-user"] = data.prepare(data.read_ml100k(), "ml-100k-user", progress=False)
+        splits["ml-100k-user"] = data.prepare(data.read_ml100k(), "ml-100k-user")
     else:
         splits["ml-100k-user (emulated)"] = per_user_split(splits["ml-100k (global time)"])
     seeds = [0, 1] if quick else [0, 1, 2]

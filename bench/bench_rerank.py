@@ -46,7 +46,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    prep = data.prepare(data.read_ml100k(), "ml-100k", progress=False)
+    prep = data.prepare(data.read_ml100k(), data.default_protocol("ml-100k"))
     rng = np.random.default_rng(0)
     cb = CodeBook(rng.integers(0, 256, (prep.n_user_slots, 4), dtype=np.uint8),
                   rng.integers(0, 256, (prep.n_item_slots, 4), dtype=np.uint8), 32, prep.user_ids, prep.item_ids)

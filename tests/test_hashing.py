@@ -28,8 +28,7 @@ def synthetic_ratings(n_rows=3000, n_users=60, n_items=80, seed=0):
 
 @pytest.fixture(scope="module")
 def prep():
-    return data.prepare(synthetic_ratings(), data.Protocol("synthetic", label_min=4, split="quantile"),
-                        progress=False)
+    return data.prepare(synthetic_ratings(), data.Protocol("synthetic", label_min=4, split="quantile"))
 
 
 def test_sign_ste_forward_and_backward():

@@ -34,7 +34,7 @@ def synthetic_ratings(seed=0):
 
 def build_run(folder, tiny):
     """A run folder as `binllm run` leaves it: data, code book, MF checkpoint, two adapters."""
-    prep = data.prepare(synthetic_ratings(), data.Protocol("synthetic", split="quantile"), progress=False)
+    prep = data.prepare(synthetic_ratings(), data.Protocol("synthetic", split="quantile"))
     prep.save(folder / "data")
     hc = hashing.HashConfig(d=16, max_epochs=3, batch_size=64, seed=0)
     res = hashing.train(prep, hc, folder / "hash" / "hash", progress=False)
