@@ -25,6 +25,8 @@ def _ctx(t: torch.Tensor) -> tuple[int, int]:
 def _codes(name: str, c: Any, d: int) -> torch.Tensor:
     if d < 1:
         raise ValueError(f"d must be a positive number of dimensions; got {d}")
+    if d > 2**31 - 1:
+        raise ValueError(f"d must be <= 2147483647 (scores are int32); got {d}")
     nb = (d + 7) // 8
     if not isinstance(c, torch.Tensor) or c.dtype != torch.uint8 or c.dim() != 2:
         got = f"{c.dtype} {tuple(c.shape)}" if isinstance(c, torch.Tensor) else type(c).__name__

@@ -297,13 +297,17 @@ inline __m256i popcnt_block8_wide(const __m256i* qv, const uint8_t* items, int64
   const __m256i mixed = _mm256_or_si256(half[0], _mm256_slli_epi64(half[1], 32));
   return _mm256_permutevar8x32_epi32(mixed, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
 }
+// The query as a vector for the 16- and 32-byte paths. The 4- and 8-byte
+// paths broadcast the query themselves and must not read 32 bytes of a
+// 4-byte row, so they get a zero vector.
 template <int NB>
 inline __m256i query_vector(const uint8_t* q) {
   if (NB == 16) {
     const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
     return _mm256_set_m128i(h, h);
   }
-  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
+  if (NB == 32) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
+  return _mm256_setzero_si256();
 }
 template <int NB>
 inline __m256i popcnt_any8(const __m256i* qv, const uint8_t* q, const uint8_t* items, int64_t j) {
