@@ -47,8 +47,6 @@ std::vector<std::string> config_problems();
 int64_t pack_signs(FloatType type, const void* x, int64_t n, int64_t d, int64_t s0, int64_t s1,
                    uint8_t* out, int64_t ld_out);
 
-// Output element types of unpacking.
-enum class UnpackType : int { f32 = 0, f64 = 1, f16 = 2, bf16 = 3, i8 = 4, bits = 5 };
 // Writes n x d elements (row stride d) of +-1 in `type`, or 0/1 for bits.
 void unpack(const uint8_t* codes, int64_t n, int64_t d, int64_t ld, UnpackType type, void* out);
 

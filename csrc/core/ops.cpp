@@ -1,5 +1,5 @@
 // Whole-matrix operations: split work over threads and tiles, call the CPU
-// variant's row kernels (cpu/variants.h), and gather per-thread results.
+// variant's row kernels (kernel_table.h), and gather per-thread results.
 #include <algorithm>
 #include <cerrno>
 #include <string>
@@ -9,8 +9,8 @@
 #include <thread>
 #include <vector>
 
-#include "../cpu/variants.h"
 #include "core.h"
+#include "kernel_table.h"
 #include "parallel.h"
 
 namespace binllm {
@@ -108,7 +108,9 @@ int64_t pack_signs(FloatType type, const void* x, int64_t n, int64_t d, int64_t 
 
 namespace {
 template <class T>
-void unpack_t(const uint8_t* codes, int64_t n, int64_t d, int64_t ld, T pos, T neg, T* out) {
+void unpack_t(const uint8_t* codes, int64_t n, int64_t d, int64_t ld, UnpackType type, T* out) {
+  const UnpackValues pm = unpack_values(type);
+  const T pos = static_cast<T>(pm.pos), neg = static_cast<T>(pm.neg);
   // One table row per byte value: 8 output elements, so a byte unpacks with one copy.
   std::vector<T> lut(256 * 8);
   for (int v = 0; v < 256; ++v)
@@ -128,18 +130,15 @@ void unpack_t(const uint8_t* codes, int64_t n, int64_t d, int64_t ld, T pos, T n
 void unpack(const uint8_t* codes, int64_t n, int64_t d, int64_t ld, UnpackType type, void* out) {
   switch (type) {
     case UnpackType::f32:
-      return unpack_t<uint32_t>(codes, n, d, ld, 0x3F800000u, 0xBF800000u, static_cast<uint32_t*>(out));
+      return unpack_t(codes, n, d, ld, type, static_cast<uint32_t*>(out));
     case UnpackType::f64:
-      return unpack_t<uint64_t>(codes, n, d, ld, 0x3FF0000000000000ull, 0xBFF0000000000000ull,
-                                static_cast<uint64_t*>(out));
+      return unpack_t(codes, n, d, ld, type, static_cast<uint64_t*>(out));
     case UnpackType::f16:
-      return unpack_t<uint16_t>(codes, n, d, ld, 0x3C00, 0xBC00, static_cast<uint16_t*>(out));
     case UnpackType::bf16:
-      return unpack_t<uint16_t>(codes, n, d, ld, 0x3F80, 0xBF80, static_cast<uint16_t*>(out));
+      return unpack_t(codes, n, d, ld, type, static_cast<uint16_t*>(out));
     case UnpackType::i8:
-      return unpack_t<uint8_t>(codes, n, d, ld, 0x01, 0xFF, static_cast<uint8_t*>(out));
     case UnpackType::bits:
-      return unpack_t<uint8_t>(codes, n, d, ld, 0x01, 0x00, static_cast<uint8_t*>(out));
+      return unpack_t(codes, n, d, ld, type, static_cast<uint8_t*>(out));
   }
 }
 
@@ -239,7 +238,7 @@ void topk_dot(const uint8_t* q, int64_t ldq, int64_t n, const uint8_t* items, in
       std::stable_sort(best.begin(), best.end(),
                        [](const auto& u, const auto& v) { return u.first < v.first; });
       for (int64_t x = 0; x < k; ++x) {
-        scores[r * k + x] = static_cast<int32_t>(d) - 2 * best[x].first;
+        scores[r * k + x] = score_from_popcount<ScoreKind::dot>(d, best[x].first);
         indices[r * k + x] = best[x].second;
       }
     }

@@ -17,7 +17,7 @@
 #endif
 
 #include "../core/core.h"
-#include "variants.h"
+#include "../core/kernel_table.h"
 
 namespace binllm {
 namespace {
