@@ -66,9 +66,9 @@ def test_f2_parser_keeps_list_items_alive(kind):
         f"""
         import threading, numpy as np, binllm
         binllm.set_num_threads(1)
-        codes = np.packbits(np.random.default_rng(0).integers(0, 2, (200_000, 32), dtype=np.uint8), axis=1)
+        codes = np.packbits(np.random.default_rng(0).integers(0, 2, (100_000, 32), dtype=np.uint8), axis=1)
         texts = binllm.to_dotted(codes, 32)
-        for _ in range(4):
+        for _ in range(3):
             lst = [t.encode() for t in texts] if "{kind}" == "bytes" else [t[:-1] + t[-1:] for t in texts]
             res = {{}}
             th = threading.Thread(target=lambda: res.update(v=binllm.from_dotted(lst, 32)))
