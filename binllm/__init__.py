@@ -3,8 +3,21 @@ LLM recommenders, with a C++ core for packed binary codes.
 
 ``import binllm`` loads only numpy and the C++ core; torch, pandas and
 transformers are imported by the modules that need them.
+
+Environment variables, parsed strictly (the whole value, no spaces, exact case):
+
+* ``BINLLM_NUM_THREADS``: threads per kernel call, a whole number from 1 to
+  4 x the hardware threads (larger values are capped);
+* ``BINLLM_CPU_VARIANT``: 'generic', 'avx2' or 'avx512', which this CPU must support;
+* ``BINLLM_BACKEND``: 'cpu' or 'cuda', required for every call.
+
+An invalid value never stops ``import binllm`` and never breaks a kernel
+call: it is ignored with a RuntimeWarning at import that names the variable
+and the fallback in use (the default thread count, the best supported
+variant, backend by device), and ``build_info()['problems']`` (shown by
+``binllm doctor``) lists it.
 """
-from ._backend import build_info, set_backend
+from ._backend import _warn_config_problems, build_info, set_backend
 from ._core import __version__, num_threads, set_num_threads
 from .codes import (
     balance,
@@ -18,6 +31,9 @@ from .codes import (
     unpack_signs,
 )
 from .textcodes import format_codes, from_bits, from_dotted, to_bits, to_dotted
+
+
+_warn_config_problems()
 
 
 def set_cpu_variant(name: str) -> None:

@@ -3,19 +3,51 @@
 numpy arrays and CPU torch tensors go to the C++ CPU core (``binllm._core``);
 CUDA tensors go to the CUDA backend (``binllm._cuda_backend`` over the
 ``binllm._cuda_ext`` kernels) when it was built.
-Nothing is ever moved between devices silently. torch is never imported here:
-tensors are recognised by duck typing so that ``import binllm`` stays light.
+Tensors on any other device (meta, mps, xla, ...) are rejected with a
+ValueError naming the argument. Nothing is ever moved between devices
+silently. torch is never imported here: tensors are recognised by duck typing
+so that ``import binllm`` stays light.
+
+``BINLLM_BACKEND`` ('cpu' or 'cuda') requires that backend; any other value is
+ignored with a RuntimeWarning at import and listed in ``build_info()['problems']``
+(the same policy as BINLLM_NUM_THREADS and BINLLM_CPU_VARIANT, see ``binllm``).
 """
 from __future__ import annotations
 
+import importlib.util
 import os
+import warnings
 from typing import Any
 
 import numpy as np
 
 from . import _core
 
-_FORCED: str | None = os.environ.get("BINLLM_BACKEND") or None
+_BACKENDS = ("cpu", "cuda")
+
+
+def _env_backend() -> tuple[str | None, str | None]:
+    """The backend BINLLM_BACKEND requires (or None), and the problem with its value (or None)."""
+    value = os.environ.get("BINLLM_BACKEND", "")
+    if value == "" or value in _BACKENDS:
+        return (value or None), None
+    return None, f"BINLLM_BACKEND={value!r} ignored (expected 'cpu' or 'cuda'); choosing the backend by device"
+
+
+_FORCED, _BACKEND_PROBLEM = _env_backend()
+
+
+def config_problems() -> list[str]:
+    """Problems with the BINLLM_* environment variables (each names the variable and the fallback used)."""
+    problems = list(_core.config_problems())
+    if _BACKEND_PROBLEM:
+        problems.append(_BACKEND_PROBLEM)
+    return problems
+
+
+def _warn_config_problems() -> None:
+    for p in config_problems():
+        warnings.warn(p, RuntimeWarning, stacklevel=3)
 
 
 def is_torch(x: Any) -> bool:
@@ -23,9 +55,13 @@ def is_torch(x: Any) -> bool:
 
 
 def device_of(name: str, x: Any) -> str:
-    """'cpu' for numpy arrays and CPU tensors, else the tensor's device string."""
+    """'cpu' for numpy arrays and CPU tensors, the device string of CUDA tensors; others raise ValueError."""
     if is_torch(x):
-        return "cpu" if x.device.type == "cpu" else str(x.device)
+        kind = x.device.type
+        if kind not in _BACKENDS:
+            raise ValueError(f"{name} is on device {kind!r}; binllm runs on 'cpu' and 'cuda' tensors only "
+                             f"(move it with .to('cpu'))")
+        return "cpu" if kind == "cpu" else str(x.device)
     return "cpu"
 
 
@@ -68,14 +104,23 @@ def backend_for(**arrays: Any) -> str:
 
 
 def host_view(name: str, x: Any) -> tuple[np.ndarray, bool]:
-    """A numpy view of a numpy array or CPU tensor (no copy), and whether it is bfloat16 bits."""
+    """A numpy view of a numpy array or CPU tensor, and whether it is bfloat16 bits.
+
+    No copy, except for torch's lazy negated/conjugated views, which are resolved first."""
     if is_torch(x):
         import torch
 
+        device_of(name, x)
         t = x.detach()
+        if t.is_neg() or t.is_conj():
+            t = t.resolve_neg().resolve_conj()
         if t.dtype == torch.bfloat16:
             return t.view(torch.int16).numpy(), True
-        return t.numpy(), False
+        try:
+            return t.numpy(), False
+        except (TypeError, RuntimeError, NotImplementedError) as e:
+            raise TypeError(f"{name} has torch dtype {t.dtype}, which has no numpy equivalent; "
+                            f"convert it (for example .float()) first") from e
     if isinstance(x, np.ndarray):
         return x, False
     raise TypeError(f"{name} must be a numpy array or a torch tensor; got {type(x).__name__}")
@@ -91,18 +136,37 @@ def like(out: np.ndarray, ref: Any, torch_dtype: Any = None) -> Any:
     return t.view(torch_dtype) if torch_dtype is not None else t
 
 
-def build_info() -> dict:
-    """Version, compiler and CPU variants of the core, and whether CUDA was built."""
+def build_info() -> dict[str, Any]:
+    """Version, compiler and CPU variants of the core, whether CUDA was built, and configuration problems.
+
+    Never raises: whatever cannot be determined is None and explained in 'problems' (a list of str,
+    empty when all is well), so ``binllm doctor`` can show it."""
+    problems: list[str] = []
+
+    def get(what: str, fn: Any) -> Any:
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001  (diagnostics must report, not raise)
+            problems.append(f"{what}: {type(e).__name__}: {e}")
+            return None
+
     try:
-        cuda = cuda_module().build_info()
+        # find_spec first: without a CUDA build, build_info() must not pay for importing torch
+        cuda = cuda_module().build_info() if importlib.util.find_spec(f"{__package__}._cuda_ext") else None
     except RuntimeError:
         cuda = None
-    return {
+    except Exception as e:  # noqa: BLE001  (a broken CUDA module is a problem to report)
+        cuda = None
+        problems.append(f"CUDA module: {type(e).__name__}: {e}")
+    info = {
         "version": _core.__version__,
-        "compiler": _core.compiler_info(),
-        "cpu_variants_compiled": list(_core.compiled_variants()),
-        "cpu_variants_supported": list(_core.supported_variants()),
-        "cpu_variant": _core.current_variant(),
-        "threads": _core.num_threads(),
+        "compiler": get("compiler", _core.compiler_info),
+        "cpu_variants_compiled": get("compiled variants", lambda: list(_core.compiled_variants())),
+        "cpu_variants_supported": get("supported variants", lambda: list(_core.supported_variants())),
+        "cpu_variant": get("CPU variant", _core.current_variant),
+        "threads": get("threads", _core.num_threads),
         "cuda": cuda,
     }
+    info["problems"] = get("configuration", config_problems) or []
+    info["problems"] += problems
+    return info

@@ -13,9 +13,12 @@ import torch
 
 from . import _cuda_ext  # noqa: F401  (ImportError here means: no CUDA build)
 
-_FLOAT = {torch.float32: 0, torch.float16: 2, torch.bfloat16: 3}
-_UNPACK = {"float32": (0, torch.float32), "float16": (2, torch.float16), "bfloat16": (3, torch.bfloat16),
-           "int8": (4, torch.int8), "bits": (5, torch.uint8)}
+# Enum values come from the extension (core/bits.h), never hard-coded here.
+_FLOAT = {torch.float32: _cuda_ext.FLOAT_TYPES["float32"], torch.float16: _cuda_ext.FLOAT_TYPES["float16"],
+          torch.bfloat16: _cuda_ext.FLOAT_TYPES["bfloat16"]}
+_UNPACK = {name: (_cuda_ext.UNPACK_TYPES[name], dtype) for name, dtype in
+           [("float32", torch.float32), ("float16", torch.float16), ("bfloat16", torch.bfloat16),
+            ("int8", torch.int8), ("bits", torch.uint8)]}
 
 
 def _ctx(t: torch.Tensor) -> tuple[int, int]:
@@ -25,6 +28,8 @@ def _ctx(t: torch.Tensor) -> tuple[int, int]:
 def _codes(name: str, c: Any, d: int) -> torch.Tensor:
     if d < 1:
         raise ValueError(f"d must be a positive number of dimensions; got {d}")
+    if d > 2**31 - 1:
+        raise ValueError(f"d must be <= 2147483647 (scores are int32); got {d}")
     nb = (d + 7) // 8
     if not isinstance(c, torch.Tensor) or c.dtype != torch.uint8 or c.dim() != 2:
         got = f"{c.dtype} {tuple(c.shape)}" if isinstance(c, torch.Tensor) else type(c).__name__
@@ -70,7 +75,7 @@ def unpack(codes: torch.Tensor, d: int, dtype: str) -> torch.Tensor:
 def _kind(kind: str) -> int:
     if kind not in ("dot", "hamming"):
         raise ValueError(f"kind must be 'dot' or 'hamming'; got {kind!r}")
-    return 0 if kind == "dot" else 1
+    return _cuda_ext.SCORE_KINDS[kind]
 
 
 def score_pairs(a: torch.Tensor, b: torch.Tensor, d: int, kind: str) -> torch.Tensor:
@@ -98,7 +103,7 @@ def score_all(a: torch.Tensor, b: torch.Tensor, d: int, kind: str, out_dtype: st
         raise ValueError(f"out must be a contiguous {out_dtype} tensor of shape {shape} on {ca.device}")
     dev, stream = _ctx(ca)
     _cuda_ext.score_all(dev, stream, _kind(kind), ca.data_ptr(), shape[0], cb.data_ptr(), shape[1], d,
-                        int(out_dtype == "int16"), out.data_ptr())
+                        out_dtype == "int16", out.data_ptr())
     return out
 
 

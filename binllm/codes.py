@@ -9,6 +9,18 @@ Every function takes numpy arrays or torch tensors and returns the same kind;
 CPU tensors share memory with numpy (no copies), CUDA tensors run on the CUDA
 backend. ``d`` is always explicit because the packed width cannot tell 30
 dimensions from 32.
+
+Limits, each checked with a ValueError that names the argument:
+
+* ``1 <= d <= 2**31 - 1`` (scores are int32); ``topk`` needs ``d <= 65535``.
+* Float inputs (``pack_signs``) may have any strides but native byte order.
+* Code matrices may have any row stride (including broadcast and negative
+  strides), but the bytes of one row must be contiguous: pass
+  ``numpy.ascontiguousarray(codes)`` for Fortran-order or column-reversed views.
+* ``out=`` buffers must be C-contiguous, writable, native byte order, and must
+  not share memory with the inputs.
+* Output sizes that overflow int64 (huge broadcast views) are rejected before
+  anything is allocated.
 """
 from __future__ import annotations
 
@@ -29,7 +41,8 @@ def pack_signs(x: Any) -> Any:
     """Packs the signs of a float matrix into codes.
 
     Args:
-        x: float16/bfloat16/float32/float64 of shape (n, d), any strides.
+        x: float16/bfloat16/float32/float64 of shape (n, d), any strides, native byte order
+            (float64 on the CPU backend only).
     Returns:
         uint8 (n, ceil(d/8)); bit = 1 iff x >= 0 (so -0.0 and +0.0 give 1).
     Raises:
@@ -105,8 +118,9 @@ def hamming_rows(a: Any, b: Any, d: int) -> Any:
 def dot_all(a: Any, b: Any, d: int, out_dtype: str = "int32", out: Any = None) -> Any:
     """+-1 inner products of all pairs: (n, m) int32, or int16 (half the bytes; d <= 32767).
 
-    `out`, a C-contiguous (n, m) array of `out_dtype`, is filled and returned
-    instead of a new array (repeated calls then skip page faults of fresh memory)."""
+    `out`, a C-contiguous (n, m) array of `out_dtype` that shares no memory with
+    `a` or `b`, is filled and returned instead of a new array (repeated calls then
+    skip page faults of fresh memory)."""
     return _all("dot", a, b, d, out_dtype, out)
 
 

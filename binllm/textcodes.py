@@ -8,7 +8,9 @@ Formatting returns ``list[str]`` (``out='list'``), a fixed-width numpy bytes
 array (``out='array'``, no Python object per row) or ``(buffer, offsets)``
 (``out='buffer'``: uint8 bytes and int64 (n+1,) offsets). Parsing is strict
 (right length, only valid characters, numbers 0-255 without leading zeros,
-zero tail bits) and names the bad row. CUDA codes are copied to the host once
+zero tail bits) and names the lowest bad row, whatever is wrong with it
+(a lone surrogate in a str, a non-ASCII character in a numpy 'U' row, or a
+malformed code). CUDA codes are copied to the host once
 (they are small) and formatted by the CPU core.
 """
 from __future__ import annotations
@@ -19,11 +21,8 @@ import numpy as np
 
 from . import _backend, _core
 
-_OUTS = ("list", "array", "buffer")
-
-
 def _host_codes(codes: Any) -> np.ndarray:
-    if _backend.is_torch(codes) and codes.device.type != "cpu":
+    if _backend.is_torch(codes) and _backend.device_of("codes", codes) != "cpu":
         codes = codes.detach().cpu()
     arr, _ = _backend.host_view("codes", codes)
     return arr
@@ -39,30 +38,14 @@ def to_dotted(codes: Any, d: int, out: str = "list") -> Any:
     return _core.format_dotted(_host_codes(codes), d, out)
 
 
-def _texts(texts: Any) -> Any:
-    if isinstance(texts, np.ndarray) and texts.dtype.kind == "U":
-        try:
-            return texts.astype("S")
-        except UnicodeEncodeError as e:
-            raise ValueError(f"texts[{_first_non_ascii(texts)}] has non-ASCII characters; codes are ASCII") from e
-    return texts
-
-
-def _first_non_ascii(texts: np.ndarray) -> int:
-    for i, t in enumerate(texts.tolist()):
-        if not str(t).isascii():
-            return i
-    return -1
-
-
 def from_bits(texts: Sequence[str] | np.ndarray, d: int) -> np.ndarray:
     """Parses bit strings (list of str/bytes, or numpy 'S'/'U' array) into uint8 (n, ceil(d/8))."""
-    return _core.parse_bits(_texts(texts), d)
+    return _core.parse_bits(texts, d)
 
 
 def from_dotted(texts: Sequence[str] | np.ndarray, d: int) -> np.ndarray:
     """Parses dotted-decimal strings into uint8 (n, ceil(d/8))."""
-    return _core.parse_dotted(_texts(texts), d)
+    return _core.parse_dotted(texts, d)
 
 
 def format_codes(codes: Any, d: int, style: str, out: str = "list") -> Any:

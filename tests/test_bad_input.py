@@ -49,7 +49,18 @@ CASES = [
     (lambda: binllm.from_dotted(["1.2.3"], 32), ValueError, ["texts[0]", "too few numbers", "'1.2.3'"]),
     (lambda: binllm.format_codes(C32, 32, style="hex"), ValueError, ["style must be 'bits' or 'dotted'"]),
     (lambda: binllm.set_backend("tpu"), ValueError, ["name must be None, 'cpu' or 'cuda'"]),
-    (lambda: binllm.set_cpu_variant("avx1024"), ValueError, ["name: unknown CPU variant"]),
+    (lambda: binllm.set_cpu_variant("avx1024"), ValueError, ["name: unknown CPU variant", "known: generic"]),
+    # hardening (reliability review F1-F8, F18, F20)
+    (lambda: binllm.pack_signs(np.zeros((2, 8), ">f4")), ValueError, ["x must have native byte order", ">f4"]),
+    (lambda: binllm.dot_all(C32, C32, 32, out=np.zeros((3, 3), ">i4")), ValueError, ["out must have native byte order"]),
+    (lambda: (lambda o: binllm.dot_all(o.view(np.uint8)[:, :4], C32, 32, out=o))(np.zeros((4, 3), np.int32)), ValueError, ["out overlaps a"]),
+    (lambda: binllm.hamming_rows(C32, C32, 2**31), ValueError, ["d must be <= 2147483647", "2147483648"]),
+    (lambda: binllm.from_bits([], 2**62), ValueError, ["d must be <= 2147483647"]),
+    (lambda: binllm.to_bits(np.broadcast_to(C32[:1], (2**59, 4)), 32, out="list"), ValueError, ["too large"]),
+    (lambda: binllm.pack_signs(torch.empty(2, 8, device="meta")), ValueError, ["x is on device 'meta'"]),
+    (lambda: binllm.topk(torch.empty(2, 4, dtype=torch.uint8, device="meta"), C32, 32, 1), ValueError, ["queries is on device 'meta'"]),
+    (lambda: binllm.from_dotted(["1.2.3.4", "\ud800"], 32), ValueError, ["texts[1] is not valid text", "surrogate"]),
+    (lambda: binllm.from_dotted(np.array(["01.2", "1.é"]), 16), ValueError, ["texts[0]", "leading zero"]),
 ]
 
 

@@ -10,14 +10,18 @@
 //   two codes counts exactly the d real dimensions.
 // * The +-1 inner product of two codes is d - 2 * popcount(a XOR b).
 //
-// Everything here is inline and usable from host and device code.
+// Everything here is usable from host and device code. On the host every
+// function is `static inline` (internal linkage): the per-ISA kernel files
+// include this header with different -m flags, and an external inline
+// function compiled with AVX-512 could be picked by the linker for code that
+// runs on any CPU (an ODR violation).
 #pragma once
 #include <cstdint>
 
 #if defined(__CUDACC__)
-#define BINLLM_HD __host__ __device__ __forceinline__
+#define BINLLM_HD static __host__ __device__ __forceinline__
 #else
-#define BINLLM_HD inline
+#define BINLLM_HD static inline
 #endif
 
 namespace binllm {
@@ -59,11 +63,39 @@ constexpr uint16_t kBfloat16Inf = 0x7F80u;  // bfloat16 +inf
 // Element types accepted by sign packing.
 enum class FloatType : int { f32 = 0, f64 = 1, f16 = 2, bf16 = 3 };
 
+// Output element types of unpacking: +-1 in a float or int8 type, or 0/1 bits.
+enum class UnpackType : int { f32 = 0, f64 = 1, f16 = 2, bf16 = 3, i8 = 4, bits = 5 };
+
+// The raw bit patterns an unpacked bit 1 (pos) and 0 (neg) become in each
+// UnpackType, in the low bytes of a uint64: +1/-1 for the float and int8
+// types, 1/0 for bits. The CPU and CUDA unpack kernels both take them from here.
+struct UnpackValues {
+  uint64_t pos, neg;
+};
+BINLLM_HD UnpackValues unpack_values(UnpackType t) {
+  switch (t) {
+    case UnpackType::f32: return {0x3F800000u, 0xBF800000u};
+    case UnpackType::f64: return {0x3FF0000000000000ull, 0xBFF0000000000000ull};
+    case UnpackType::f16: return {0x3C00u, 0xBC00u};
+    case UnpackType::bf16: return {0x3F80u, 0xBF80u};
+    case UnpackType::i8: return {0x01u, 0xFFu};
+    case UnpackType::bits: return {0x01u, 0x00u};
+  }
+  return {0, 0};
+}
+
 // Whether a score kernel writes +-1 inner products or Hamming distances.
 enum class ScoreKind : int { dot = 0, hamming = 1 };
 
+// The score of two codes whose XOR has popcount pc. Computed in 64 bits: with
+// d <= 2**31 - 1 (checked by the bindings) the result always fits int32.
 BINLLM_HD int32_t score_from_popcount(ScoreKind kind, int64_t d, int32_t pc) {
-  return kind == ScoreKind::dot ? static_cast<int32_t>(d) - 2 * pc : pc;
+  return kind == ScoreKind::dot ? static_cast<int32_t>(d - 2 * int64_t(pc)) : pc;
+}
+// The same with the kind fixed at compile time, for the inner loops.
+template <ScoreKind K>
+BINLLM_HD int32_t score_from_popcount(int64_t d, int32_t pc) {
+  return K == ScoreKind::dot ? static_cast<int32_t>(d - 2 * int64_t(pc)) : pc;
 }
 
 }  // namespace binllm

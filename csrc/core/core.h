@@ -25,10 +25,19 @@ std::vector<std::string> supported_variants();
 std::string current_variant();
 // Forces a variant; throws std::invalid_argument if unknown or unsupported.
 void set_variant(const std::string& name);
+// What was wrong with BINLLM_CPU_VARIANT (then the best supported variant is
+// used), or "" when it is unset or valid.
+std::string variant_problem();
 
-// ---- threads (parallel.cpp) -------------------------------------------------
+// ---- threads (ops.cpp) ------------------------------------------------------
+// Threads per call: set_num_threads, else BINLLM_NUM_THREADS, else the hardware
+// threads; never more than 4 x the hardware threads.
 int num_threads();
-void set_num_threads(int n);  // n <= 0: back to the default (hardware threads)
+void set_num_threads(int n);  // n <= 0: back to the default
+
+// Problems found in the BINLLM_* environment variables, each naming the
+// variable, its value and the fallback in use. Empty when all is well.
+std::vector<std::string> config_problems();
 
 // ---- packing ----------------------------------------------------------------
 // x: n x d elements of `type`, element (r, j) at x + (r * s0 + j * s1) elements.
@@ -38,8 +47,6 @@ void set_num_threads(int n);  // n <= 0: back to the default (hardware threads)
 int64_t pack_signs(FloatType type, const void* x, int64_t n, int64_t d, int64_t s0, int64_t s1,
                    uint8_t* out, int64_t ld_out);
 
-// Output element types of unpacking.
-enum class UnpackType : int { f32 = 0, f64 = 1, f16 = 2, bf16 = 3, i8 = 4, bits = 5 };
 // Writes n x d elements (row stride d) of +-1 in `type`, or 0/1 for bits.
 void unpack(const uint8_t* codes, int64_t n, int64_t d, int64_t ld, UnpackType type, void* out);
 

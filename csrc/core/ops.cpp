@@ -1,14 +1,16 @@
 // Whole-matrix operations: split work over threads and tiles, call the CPU
-// variant's row kernels (cpu/variants.h), and gather per-thread results.
+// variant's row kernels (kernel_table.h), and gather per-thread results.
 #include <algorithm>
+#include <cerrno>
+#include <string>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <thread>
 #include <vector>
 
-#include "../cpu/variants.h"
 #include "core.h"
+#include "kernel_table.h"
 #include "parallel.h"
 
 namespace binllm {
@@ -16,13 +18,50 @@ namespace {
 
 std::atomic<int> g_threads{0};
 
-int default_threads() {
-  if (const char* env = std::getenv("BINLLM_NUM_THREADS")) {
-    const int v = std::atoi(env);
-    if (v > 0) return v;
-  }
+int hardware_threads() {
   const unsigned h = std::thread::hardware_concurrency();
-  return h == 0 ? 1 : static_cast<int>(h);
+  return h == 0 ? 1 : static_cast<int>(std::min(h, 1u << 16));
+}
+
+// More threads than this only cost memory and creation time (and invite
+// thread-creation failures): set_num_threads and BINLLM_NUM_THREADS are capped here.
+int max_threads() { return 4 * hardware_threads(); }
+
+struct EnvThreads {
+  int value = 0;  // 0: not set or invalid, use the hardware default
+  std::string problem;
+};
+
+// BINLLM_NUM_THREADS, parsed strictly once: decimal digits only, 1..max_threads().
+const EnvThreads& env_threads() {
+  static const EnvThreads e = [] {
+    EnvThreads r;
+    const char* env = std::getenv("BINLLM_NUM_THREADS");
+    if (!env || !*env) return r;
+    const std::string s(env);
+    char* end = nullptr;
+    errno = 0;
+    const long long v = (s[0] >= '0' && s[0] <= '9') ? std::strtoll(env, &end, 10) : -1;
+    const bool digits = end && *end == 0 && errno == 0;
+    const std::string fallback = std::to_string(hardware_threads());
+    if (!digits || v < 1) {
+      r.problem = "BINLLM_NUM_THREADS='" + s + "' is not a positive whole number; using the default (" +
+                  fallback + " hardware threads)";
+    } else if (v > max_threads()) {
+      r.value = max_threads();
+      r.problem = "BINLLM_NUM_THREADS='" + s + "' is more than 4 x the hardware threads; using " +
+                  std::to_string(r.value);
+    } else {
+      r.value = static_cast<int>(v);
+    }
+    return r;
+  }();
+  return e;
+}
+
+int default_threads() {
+  const int e = env_threads().value;
+  return e > 0 ? e : hardware_threads();
 }
 
 // Below this many bytes touched per thread, a thread costs more than it saves.
@@ -46,7 +85,15 @@ int num_threads() {
   const int t = g_threads.load();
   return t > 0 ? t : default_threads();
 }
-void set_num_threads(int n) { g_threads.store(n > 0 ? n : 0); }
+void set_num_threads(int n) { g_threads.store(n > 0 ? std::min(n, max_threads()) : 0); }
+
+std::vector<std::string> config_problems() {
+  std::vector<std::string> p;
+  if (!env_threads().problem.empty()) p.push_back(env_threads().problem);
+  const std::string v = variant_problem();
+  if (!v.empty()) p.push_back(v);
+  return p;
+}
 
 int64_t pack_signs(FloatType type, const void* x, int64_t n, int64_t d, int64_t s0, int64_t s1, uint8_t* out,
                    int64_t ld_out) {
@@ -61,7 +108,9 @@ int64_t pack_signs(FloatType type, const void* x, int64_t n, int64_t d, int64_t 
 
 namespace {
 template <class T>
-void unpack_t(const uint8_t* codes, int64_t n, int64_t d, int64_t ld, T pos, T neg, T* out) {
+void unpack_t(const uint8_t* codes, int64_t n, int64_t d, int64_t ld, UnpackType type, T* out) {
+  const UnpackValues pm = unpack_values(type);
+  const T pos = static_cast<T>(pm.pos), neg = static_cast<T>(pm.neg);
   // One table row per byte value: 8 output elements, so a byte unpacks with one copy.
   std::vector<T> lut(256 * 8);
   for (int v = 0; v < 256; ++v)
@@ -81,18 +130,15 @@ void unpack_t(const uint8_t* codes, int64_t n, int64_t d, int64_t ld, T pos, T n
 void unpack(const uint8_t* codes, int64_t n, int64_t d, int64_t ld, UnpackType type, void* out) {
   switch (type) {
     case UnpackType::f32:
-      return unpack_t<uint32_t>(codes, n, d, ld, 0x3F800000u, 0xBF800000u, static_cast<uint32_t*>(out));
+      return unpack_t(codes, n, d, ld, type, static_cast<uint32_t*>(out));
     case UnpackType::f64:
-      return unpack_t<uint64_t>(codes, n, d, ld, 0x3FF0000000000000ull, 0xBFF0000000000000ull,
-                                static_cast<uint64_t*>(out));
+      return unpack_t(codes, n, d, ld, type, static_cast<uint64_t*>(out));
     case UnpackType::f16:
-      return unpack_t<uint16_t>(codes, n, d, ld, 0x3C00, 0xBC00, static_cast<uint16_t*>(out));
     case UnpackType::bf16:
-      return unpack_t<uint16_t>(codes, n, d, ld, 0x3F80, 0xBF80, static_cast<uint16_t*>(out));
+      return unpack_t(codes, n, d, ld, type, static_cast<uint16_t*>(out));
     case UnpackType::i8:
-      return unpack_t<uint8_t>(codes, n, d, ld, 0x01, 0xFF, static_cast<uint8_t*>(out));
     case UnpackType::bits:
-      return unpack_t<uint8_t>(codes, n, d, ld, 0x01, 0x00, static_cast<uint8_t*>(out));
+      return unpack_t(codes, n, d, ld, type, static_cast<uint8_t*>(out));
   }
 }
 
@@ -192,7 +238,7 @@ void topk_dot(const uint8_t* q, int64_t ldq, int64_t n, const uint8_t* items, in
       std::stable_sort(best.begin(), best.end(),
                        [](const auto& u, const auto& v) { return u.first < v.first; });
       for (int64_t x = 0; x < k; ++x) {
-        scores[r * k + x] = static_cast<int32_t>(d) - 2 * best[x].first;
+        scores[r * k + x] = score_from_popcount<ScoreKind::dot>(d, best[x].first);
         indices[r * k + x] = best[x].second;
       }
     }

@@ -5,12 +5,12 @@
 // flags of that file: each path handles the bulk of a row and leaves the rest
 // to the next, narrower path, ending in scalar code that handles any size and
 // stride. Only <cstdint>, <cstring> and intrinsics headers are used here (see
-// variants.h for why).
+// core/kernel_table.h for why).
 #include <cstdint>
 #include <cstring>
 
 #include "../core/bits.h"
-#include "variants.h"
+#include "../core/kernel_table.h"
 
 #if defined(__AVX2__) && defined(__F16C__) && defined(__POPCNT__)
 #define BINLLM_AVX2 1
@@ -221,10 +221,6 @@ struct QueryWords {
 };
 constexpr bool words_only(int NB) { return NB >= 16 && NB % 8 == 0; }
 
-template <ScoreKind K>
-inline int32_t to_score(int64_t d, int32_t pc) {
-  return K == ScoreKind::dot ? static_cast<int32_t>(d) - 2 * pc : pc;
-}
 
 #if BINLLM_AVX2
 inline __m256i popcnt_bytes(__m256i v) {
@@ -297,13 +293,17 @@ inline __m256i popcnt_block8_wide(const __m256i* qv, const uint8_t* items, int64
   const __m256i mixed = _mm256_or_si256(half[0], _mm256_slli_epi64(half[1], 32));
   return _mm256_permutevar8x32_epi32(mixed, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
 }
+// The query as a vector for the 16- and 32-byte paths. The 4- and 8-byte
+// paths broadcast the query themselves and must not read 32 bytes of a
+// 4-byte row, so they get a zero vector.
 template <int NB>
 inline __m256i query_vector(const uint8_t* q) {
   if (NB == 16) {
     const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
     return _mm256_set_m128i(h, h);
   }
-  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
+  if (NB == 32) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
+  return _mm256_setzero_si256();
 }
 template <int NB>
 inline __m256i popcnt_any8(const __m256i* qv, const uint8_t* q, const uint8_t* items, int64_t j) {
@@ -338,10 +338,10 @@ void score_row_nb(const uint8_t* q, const uint8_t* items, int64_t m, int64_t ldi
   const int64_t nb = nbytes(d);
   if (words_only(NB)) {
     const QueryWords<NB> qw(q);
-    for (; j < m; ++j) out[j] = static_cast<T>(to_score<K>(d, qw.popcount_xor(items + j * ldi)));
+    for (; j < m; ++j) out[j] = static_cast<T>(score_from_popcount<K>(d, qw.popcount_xor(items + j * ldi)));
     return;
   }
-  for (; j < m; ++j) out[j] = static_cast<T>(to_score<K>(d, xor_popcount<NB>(q, items + j * ldi, nb)));
+  for (; j < m; ++j) out[j] = static_cast<T>(score_from_popcount<K>(d, xor_popcount<NB>(q, items + j * ldi, nb)));
 }
 
 template <ScoreKind K, class T>
@@ -435,7 +435,7 @@ template <ScoreKind K>
 void score_pairs_k(const uint8_t* a, int64_t lda, const uint8_t* b, int64_t ldb, int64_t r0, int64_t r1,
                    int64_t d, int32_t* out) {
   const int64_t nb = nbytes(d);
-  for (int64_t r = r0; r < r1; ++r) out[r] = to_score<K>(d, xor_popcount<0>(a + r * lda, b + r * ldb, nb));
+  for (int64_t r = r0; r < r1; ++r) out[r] = score_from_popcount<K>(d, xor_popcount<0>(a + r * lda, b + r * ldb, nb));
 }
 
 void score_pairs(ScoreKind kind, const uint8_t* a, int64_t lda, const uint8_t* b, int64_t ldb, int64_t r0,

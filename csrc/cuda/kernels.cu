@@ -165,7 +165,7 @@ __global__ void topk_kernel(const uint8_t* q, int64_t n, const uint8_t* items, i
       idx_out[b + 1] = iv;
     }
     for (int64_t a = 0; a < k; ++a) {
-      scores[qi * k + a] = static_cast<int32_t>(d) - 2 * dist_out[a];
+      scores[qi * k + a] = score_from_popcount<ScoreKind::dot>(d, dist_out[a]);
       indices[qi * k + a] = idx_out[a];
     }
   }
@@ -175,12 +175,12 @@ unsigned blocks_for(int64_t work, int threads) { return static_cast<unsigned>((w
 
 }  // namespace
 
-cudaError_t pack_signs(int dtype, const void* x, int64_t n, int64_t d, int64_t s0, int64_t s1, uint8_t* out,
+cudaError_t pack_signs(FloatType dtype, const void* x, int64_t n, int64_t d, int64_t s0, int64_t s1, uint8_t* out,
                        unsigned long long* first_nan, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   const int64_t warps = n * ((d + 31) / 32);
   const unsigned blocks = blocks_for(warps * 32, 256);
-  switch (static_cast<FloatType>(dtype)) {
+  switch (dtype) {
     case FloatType::f32:
       pack_kernel<<<blocks, 256, 0, stream>>>(static_cast<const float*>(x), n, d, s0, s1, out, first_nan);
       break;
@@ -196,24 +196,21 @@ cudaError_t pack_signs(int dtype, const void* x, int64_t n, int64_t d, int64_t s
   return cudaGetLastError();
 }
 
-cudaError_t unpack(const uint8_t* codes, int64_t n, int64_t d, int out_type, void* out, cudaStream_t stream) {
+cudaError_t unpack(const uint8_t* codes, int64_t n, int64_t d, UnpackType out_type, void* out, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   const unsigned blocks = blocks_for(n * d, 256);
+  const UnpackValues pm = unpack_values(out_type);  // the same +-1 bit patterns as the CPU
   switch (out_type) {
-    case 0:  // float32
-      unpack_kernel<<<blocks, 256, 0, stream>>>(codes, n, d, 0x3F800000u, 0xBF800000u, static_cast<uint32_t*>(out));
+    case UnpackType::f32:
+      unpack_kernel<<<blocks, 256, 0, stream>>>(codes, n, d, uint32_t(pm.pos), uint32_t(pm.neg), static_cast<uint32_t*>(out));
       break;
-    case 2:  // float16
-      unpack_kernel<<<blocks, 256, 0, stream>>>(codes, n, d, uint16_t(0x3C00), uint16_t(0xBC00), static_cast<uint16_t*>(out));
+    case UnpackType::f16:
+    case UnpackType::bf16:
+      unpack_kernel<<<blocks, 256, 0, stream>>>(codes, n, d, uint16_t(pm.pos), uint16_t(pm.neg), static_cast<uint16_t*>(out));
       break;
-    case 3:  // bfloat16
-      unpack_kernel<<<blocks, 256, 0, stream>>>(codes, n, d, uint16_t(0x3F80), uint16_t(0xBF80), static_cast<uint16_t*>(out));
-      break;
-    case 4:  // int8
-      unpack_kernel<<<blocks, 256, 0, stream>>>(codes, n, d, uint8_t(1), uint8_t(0xFF), static_cast<uint8_t*>(out));
-      break;
-    case 5:  // bits
-      unpack_kernel<<<blocks, 256, 0, stream>>>(codes, n, d, uint8_t(1), uint8_t(0), static_cast<uint8_t*>(out));
+    case UnpackType::i8:
+    case UnpackType::bits:
+      unpack_kernel<<<blocks, 256, 0, stream>>>(codes, n, d, uint8_t(pm.pos), uint8_t(pm.neg), static_cast<uint8_t*>(out));
       break;
     default:
       return cudaErrorInvalidValue;
@@ -221,24 +218,24 @@ cudaError_t unpack(const uint8_t* codes, int64_t n, int64_t d, int out_type, voi
   return cudaGetLastError();
 }
 
-cudaError_t score_pairs(int kind, const uint8_t* a, const uint8_t* b, int64_t n, int64_t d, int32_t* out,
+cudaError_t score_pairs(ScoreKind kind, const uint8_t* a, const uint8_t* b, int64_t n, int64_t d, int32_t* out,
                         cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  pairs_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(static_cast<ScoreKind>(kind), a, b, n, d, out);
+  pairs_kernel<<<blocks_for(n, 256), 256, 0, stream>>>(kind, a, b, n, d, out);
   return cudaGetLastError();
 }
 
-cudaError_t score_all(int kind, const uint8_t* a, int64_t n, const uint8_t* b, int64_t m, int64_t d, int out16,
+cudaError_t score_all(ScoreKind kind, const uint8_t* a, int64_t n, const uint8_t* b, int64_t m, int64_t d, bool out16,
                       void* out, cudaStream_t stream) {
   if (n == 0 || m == 0) return cudaSuccess;
   for (int64_t i0 = 0; i0 < n; i0 += 65535) {  // grid.y is limited to 65535
     const dim3 grid(blocks_for(m, 256), static_cast<unsigned>(n - i0 < 65535 ? n - i0 : 65535));
     const uint8_t* ai = a + i0 * nbytes(d);
     if (out16)
-      all_kernel<<<grid, 256, 0, stream>>>(static_cast<ScoreKind>(kind), ai, n - i0, b, m, d,
+      all_kernel<<<grid, 256, 0, stream>>>(kind, ai, n - i0, b, m, d,
                                            static_cast<int16_t*>(out) + i0 * m);
     else
-      all_kernel<<<grid, 256, 0, stream>>>(static_cast<ScoreKind>(kind), ai, n - i0, b, m, d,
+      all_kernel<<<grid, 256, 0, stream>>>(kind, ai, n - i0, b, m, d,
                                            static_cast<int32_t*>(out) + i0 * m);
     const cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess) return e;

@@ -1,12 +1,14 @@
-// The CPU kernels that differ per instruction set. kernels_impl.h is compiled
-// once per variant (generic, avx2, avx512) with that variant's compiler flags;
-// dispatch.cpp picks one table at load time. Variant translation units use no
+// The interface between the core and the CPU kernels that differ per
+// instruction set. The core (ops.cpp) calls through this table; cpu/ implements
+// it: cpu/kernels_impl.h is compiled once per variant (generic, avx2, avx512)
+// with that variant's compiler flags, and cpu/dispatch.cpp picks one table at
+// load time. Variant translation units use no
 // std templates, since an inline template instantiated with AVX-512 flags could
 // be merged by the linker into code that runs on a CPU without AVX-512.
 #pragma once
 #include <cstdint>
 
-#include "../core/bits.h"
+#include "bits.h"
 
 namespace binllm {
 
