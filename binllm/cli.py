@@ -485,8 +485,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                                           "(also BINLLM_STAGE_THREADS)")
     parser = argparse.ArgumentParser(prog="binllm", description=(__doc__ or "").splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in argv if a in _COMMANDS), None)
     for name, (configure, _, help) in _COMMANDS.items():
-        configure(sub.add_parser(name, help=help, description=help, parents=[common]))
+        sp = sub.add_parser(name, help=help, description=help, parents=[common])
+        if name == chosen:  # only the chosen command's flags: their configs import torch, doctor must not
+            configure(sp)
     args = parser.parse_args(argv)
     try:
         if args.threads:

@@ -76,6 +76,15 @@ def test_doctor_json(capsys):
     assert isinstance(info["stage_threads"], dict) and info["stage_threads"]
 
 
+def test_doctor_stays_light():
+    """doctor answers without importing torch or pandas (it is the first thing to run when something is off)."""
+    code = "import sys; from binllm import cli; cli.main(['doctor']); print(sorted({'torch', 'pandas'} & set(sys.modules)))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_prepare_skips_existing(prepared: Path, capsys):
     before = (prepared / "rows.parquet").stat().st_mtime_ns
     assert run_cli("prepare", "--source", "ml-1m", "--path", prepared.parent / "ml-1m", "--out", prepared) == 0
