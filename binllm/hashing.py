@@ -31,9 +31,10 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -114,7 +115,7 @@ class HashConfig:
     decorr_weight: float = 0.0
 
     @classmethod
-    def mf_baseline(cls, **overrides: Any) -> "HashConfig":
+    def mf_baseline(cls, **overrides: Any) -> HashConfig:
         """The paper's continuous MF baseline: 256-d, Adam lr 1e-3, weight decay 1e-4,
         patience 10. `overrides` replace any field (e.g. ``max_epochs``, ``seed``)."""
         base: dict[str, Any] = dict(model="mf", d=256, lr=1e-3, weight_decay=1e-4, patience=10)
@@ -213,7 +214,7 @@ class MFModel(nn.Module):
         super().__init__()
         self.user_emb, self.item_emb = _embeddings(n_users, n_items, d, init_std)
 
-    def forward(self, u, i, beta: float = 0.0, gen=None):
+    def forward(self, u, i, beta: float = 0.0, gen=None):  # noqa: ARG002  (HashModel's signature; MF ignores both)
         return (self.user_emb(u) * self.item_emb(i)).sum(-1)
 
     @torch.no_grad()
@@ -285,7 +286,7 @@ class SplitTensors:
     warm: np.ndarray
 
     @classmethod
-    def of(cls, prep: "Prepared", split: str) -> "SplitTensors":
+    def of(cls, prep: Prepared, split: str) -> SplitTensors:
         r = prep.split(split)
         if len(r) == 0:
             raise ValueError(f"the {split} split is empty; nothing to train or evaluate on")
@@ -387,7 +388,7 @@ def load_best(out_dir: str | os.PathLike) -> nn.Module:
     return model.eval()
 
 
-def _check_ids(prep: "Prepared", n_users: int, n_items: int) -> None:
+def _check_ids(prep: Prepared, n_users: int, n_items: int) -> None:
     r = prep.rows
     for col, n, name in (("uid", n_users, "user"), ("iid", n_items, "item")):
         v = r[col].to_numpy()
@@ -406,7 +407,7 @@ def make_optimizer(model: nn.Module, cfg: HashConfig) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def train(prep: "Prepared", cfg: HashConfig, out_dir: str | os.PathLike | None = None, resume: bool = False,
+def train(prep: Prepared, cfg: HashConfig, out_dir: str | os.PathLike | None = None, resume: bool = False,
           progress: bool = True, max_epochs: int | None = None,
           on_epoch: Callable[[dict], None] | None = None, log: bool | None = None) -> TrainResult:
     """Trains on ``prep``'s train split with early stopping on valid AUC (in the ``hash`` thread stage).
@@ -436,7 +437,7 @@ def train(prep: "Prepared", cfg: HashConfig, out_dir: str | os.PathLike | None =
         return _train(prep, cfg, out_dir, resume, progress, max_epochs, on_epoch, log)
 
 
-def _train(prep: "Prepared", cfg: HashConfig, out_dir: str | os.PathLike | None, resume: bool, progress: bool,
+def _train(prep: Prepared, cfg: HashConfig, out_dir: str | os.PathLike | None, resume: bool, progress: bool,
            max_epochs: int | None, on_epoch: Callable[[dict], None] | None, log: bool | None) -> TrainResult:
     from tqdm.auto import tqdm
 

@@ -396,7 +396,8 @@ def diff_table(diffs: dict[str, dict], digits: int = 3) -> str:
     (e.g. "BinLLM - text-only"): cells "+0.061 [+0.021, +0.100]" for the AUC and
     UAUC differences, the share of resamples <= 0, rows and users."""
     level = next((d["level"] for d in diffs.values() if "level" in d), 0.95)
-    head = f"| comparison (A - B, paired {level:.0%} bootstrap CI) | Δ AUC | share Δ≤0 | Δ UAUC | share Δ≤0 | rows | users |"
+    head = (f"| comparison (A - B, paired {level:.0%} bootstrap CI) | Δ AUC | share Δ≤0 | Δ UAUC | share Δ≤0 "
+            "| rows | users |")
     lines = [head, "|---|---|---|---|---|---|---|"]
     for name, d in diffs.items():
         cells = []

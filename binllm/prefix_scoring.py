@@ -25,7 +25,8 @@ first). :class:`PrefixScorer` runs that shared prefix once per group with
 from __future__ import annotations
 
 import inspect
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -11,9 +11,10 @@ the C++ core (``CodeBook.strings``); filling a row is string concatenation.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -501,7 +502,8 @@ def recommend(run_dir: str | os.PathLike, out: str | os.PathLike, users: Sequenc
 # ====================================================================== evaluation
 
 
-def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float, float]:
     """(mean, lower, upper): percentile bootstrap interval of the mean over users."""
     v = np.asarray(values, np.float64)
     if v.ndim != 1:
@@ -520,7 +522,8 @@ def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: f
     return float(v.mean()), float(lo), float(hi)
 
 
-def list_metrics(items: np.ndarray, targets_off: np.ndarray, targets: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def list_metrics(items: np.ndarray, targets_off: np.ndarray, targets: np.ndarray,
+                 k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-user HR@k and NDCG@k (float64 (q,) each) of ranked item lists.
 
     Args:

@@ -19,8 +19,9 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -134,7 +135,8 @@ def load_llm(model: str = DEFAULT_MODEL, dtype: str = "auto", device: str = "aut
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face model folder")
     if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
-        raise FileNotFoundError(f"{path} has no tokenizer (tokenizer.json / tokenizer.model); save one beside the model")
+        raise FileNotFoundError(f"{path} has no tokenizer (tokenizer.json / tokenizer.model); "
+                                "save one beside the model")
     if not progress or not sys.stderr.isatty():
         # transformers draws a weight-loading bar per load; in logs it is only noise
         from transformers.utils import logging as hf_logging
