@@ -32,7 +32,7 @@ import os
 import shutil
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -169,7 +169,7 @@ def pretrain(data_dir: str | os.PathLike, out: str | os.PathLike, cfg: HashConfi
             m = hashing.evaluate(res.model, te)
             m.update(best_epoch=res.best_epoch, epochs=res.epochs_run, valid_auc=res.best_valid_auc,
                      seconds=res.seconds, seconds_per_epoch=res.seconds / max(res.epochs_run, 1))
-            if name == "hash":
+            if isinstance(res.model, hashing.HashModel):  # name == "hash"
                 cb = CodeBook.from_model(res.model, prep, dataclasses.asdict(c), m)
                 for side in ("user", "item"):
                     codes = cb.user_codes[1:] if side == "user" else cb.item_codes[1:]
@@ -473,7 +473,7 @@ def _score_llm(prep: Prepared, r: np.ndarray, model: str, adapter: str | os.Path
 # ---------------------------------------------------------------------------- evaluate
 
 
-def evaluate(data_dir: str | os.PathLike, score_files: dict[str, str | os.PathLike] | Sequence[str | os.PathLike],
+def evaluate(data_dir: str | os.PathLike, score_files: Mapping[str, str | os.PathLike] | Sequence[str | os.PathLike],
              out: str | os.PathLike | None = None, pairs: Sequence[tuple[str, str]] = (), popularity: bool = True,
              n_boot: int = 1000, seed: int = 0, title: str | None = None, notes: Sequence[str] = ()) -> dict:
     """Metrics of any set of score files on the same rows, with 95% bootstrap intervals.
@@ -485,7 +485,7 @@ def evaluate(data_dir: str | os.PathLike, score_files: dict[str, str | os.PathLi
     out.png atomically. Returns the result dict."""
     from . import data
 
-    files = dict(score_files) if isinstance(score_files, dict) else {Path(f).stem: f for f in score_files}
+    files = dict(score_files) if isinstance(score_files, Mapping) else {Path(f).stem: f for f in score_files}
     if not files:
         raise StageError("evaluate needs at least one score file")
     prep = data.load_prepared(data_dir)
