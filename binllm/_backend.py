@@ -8,8 +8,13 @@ ValueError naming the argument. Nothing is ever moved between devices
 silently. torch is never imported here: tensors are recognised by duck typing
 so that ``import binllm`` stays light.
 
-``BINLLM_BACKEND`` ('cpu' or 'cuda') requires that backend; any other value is
-ignored with a RuntimeWarning at import and listed in ``build_info()['problems']``
+``impl(**inputs)`` returns the backend module for the inputs, ``binllm._cpu_backend`` or
+``binllm._cuda_backend``: the same functions with the same signatures (bitsandbytes' shape: one op,
+per-device implementations, one table), so the public functions in ``binllm.codes`` are one line each.
+
+``require_backend`` (tests, benchmarks) and ``BINLLM_BACKEND`` ('cpu' or 'cuda') require that
+backend: inputs on the other device raise ValueError instead of running there. Any other value of
+BINLLM_BACKEND is ignored with a RuntimeWarning at import and listed in ``build_info()['problems']``
 (the same policy as BINLLM_NUM_THREADS and BINLLM_CPU_VARIANT, see ``binllm``).
 """
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypedDict, TypeVar
 
 import numpy as np
 
-from . import _core
+from . import _core, _cpu_backend
 
 if TYPE_CHECKING:  # type names only; torch is never imported at run time here
     from typing import TypeGuard
@@ -129,11 +134,7 @@ def impl(**arrays: Any) -> ModuleType:
     The one dispatch point: both modules offer pack_signs, unpack, score_pairs, score_all and
     topk with the same signatures. Raises ValueError when the inputs sit on different devices (or
     not on the required backend) and RuntimeError for CUDA inputs without a CUDA build."""
-    if backend_for(**arrays) == "cuda":
-        return cuda_module()
-    from . import _cpu_backend  # lazy only because _cpu_backend imports this module's helpers
-
-    return _cpu_backend
+    return cuda_module() if backend_for(**arrays) == "cuda" else _cpu_backend
 
 
 def host_view(name: str, x: Any) -> tuple[np.ndarray, bool]:

@@ -9,43 +9,43 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _core
-from ._backend import host_view, is_torch, like
+# the module, not its names: _backend imports this module while it is itself being imported
+from . import _backend, _core
 from ._types import ArrayT, CoreUnpackDtype, OutDtype, ScoreKind
 
 
 def pack_signs(x: ArrayT) -> ArrayT:
-    arr, bf16 = host_view("x", x)
-    return like(_core.pack_signs(arr, bfloat16=bf16), x)
+    arr, bf16 = _backend.host_view("x", x)
+    return _backend.like(_core.pack_signs(arr, bfloat16=bf16), x)
 
 
 def unpack(codes: ArrayT, d: int, dtype: CoreUnpackDtype) -> ArrayT:
-    arr, _ = host_view("codes", codes)
+    arr, _ = _backend.host_view("codes", codes)
     if dtype == "bfloat16":
-        if not is_torch(codes):
+        if not _backend.is_torch(codes):
             raise ValueError("dtype='bfloat16' needs torch tensor input (numpy has no bfloat16)")
         import torch
 
-        return like(_core.unpack(arr, d, "bfloat16"), codes, torch.bfloat16)
-    return like(_core.unpack(arr, d, dtype), codes)
+        return _backend.like(_core.unpack(arr, d, "bfloat16"), codes, torch.bfloat16)
+    return _backend.like(_core.unpack(arr, d, dtype), codes)
 
 
 def score_pairs(a: ArrayT, b: ArrayT, d: int, kind: ScoreKind) -> ArrayT:
-    aa, _ = host_view("a", a)
-    bb, _ = host_view("b", b)
-    return like(_core.score_pairs(aa, bb, d, kind), a)
+    aa, _ = _backend.host_view("a", a)
+    bb, _ = _backend.host_view("b", b)
+    return _backend.like(_core.score_pairs(aa, bb, d, kind), a)
 
 
 def score_all(a: ArrayT, b: ArrayT, d: int, kind: ScoreKind, out_dtype: OutDtype, out: ArrayT | None = None) -> ArrayT:
-    aa, _ = host_view("a", a)
-    bb, _ = host_view("b", b)
-    o: np.ndarray | None = None if out is None else host_view("out", out)[0]
+    aa, _ = _backend.host_view("a", a)
+    bb, _ = _backend.host_view("b", b)
+    o: np.ndarray | None = None if out is None else _backend.host_view("out", out)[0]
     res = _core.score_all(aa, bb, d, kind, out_dtype, o)
-    return out if out is not None else like(res, a)
+    return out if out is not None else _backend.like(res, a)
 
 
 def topk(queries: ArrayT, items: ArrayT, d: int, k: int) -> tuple[ArrayT, ArrayT]:
-    q, _ = host_view("queries", queries)
-    it, _ = host_view("items", items)
+    q, _ = _backend.host_view("queries", queries)
+    it, _ = _backend.host_view("items", items)
     s, i = _core.topk(q, it, d, k)
-    return like(s, queries), like(i, queries)
+    return _backend.like(s, queries), _backend.like(i, queries)

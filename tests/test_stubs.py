@@ -83,3 +83,23 @@ def test_public_api_is_typed_and_documented():
             assert all(a is not inspect.Parameter.empty for a in annotations), name
             # `from __future__ import annotations` keeps them as strings; Any says nothing to a user
             assert not any(re.search(r"\bAny\b", str(a)) for a in annotations), (name, annotations)
+
+
+def test_cuda_stub_matches_bindings_source():
+    """_cuda_ext.pyi lists the functions and constants that csrc/bindings/cuda_module.cpp defines
+    (read from the source, so this runs on builds without the CUDA module too); the binding lambdas
+    name no arguments, so the stub's parameters must all be positional-only."""
+    src = (Path(__file__).resolve().parents[1] / "csrc" / "bindings" / "cuda_module.cpp").read_text()
+    tree = ast.parse((Path(binllm.__file__).parent / "_cuda_ext.pyi").read_text())
+    funcs = {f.name: f for f in tree.body if isinstance(f, ast.FunctionDef)}
+    consts = {n.target.id for n in tree.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+    assert sorted(funcs) == sorted(re.findall(r'm\.def\("(\w+)"', src))
+    assert sorted(consts) == sorted(re.findall(r'm\.attr\("(\w+)"\)', src))
+    for name, f in funcs.items():
+        assert not f.args.args and not f.args.kwonlyargs, name
+    # and as many parameters as each binding lambda takes
+    lambdas = {m.group(1): m.group(2) for m in re.finditer(r'm\.def\("(\w+)",\s*\[\]\(([^)]*)\)', src)}
+    assert len(lambdas) >= 5
+    for name, params in lambdas.items():
+        n = len([p for p in params.split(",") if p.strip()])
+        assert len(funcs[name].args.posonlyargs) == n, (name, n)
