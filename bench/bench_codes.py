@@ -18,6 +18,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 import binllm  # noqa: E402
+
 from common import environment, timeit, write_table  # noqa: E402
 
 try:
@@ -101,10 +102,12 @@ def bench_all(rows, nq, m, dims, threads_list, rng):
             t16 = timeit(lambda: binllm.dot_all(q, it, d, out_dtype="int16"))
             r32, r16 = pairs / t32["median"], pairs / t16["median"]
             best = max(r32, r16)
-            rows.append(row("all-pairs", d, th, "write limit int32 (np.empty+fill, 1 thread)", t_w32, pairs, "1e9 pairs/s"))
+            rows.append(row("all-pairs", d, th, "write limit int32 (np.empty+fill, 1 thread)", t_w32, pairs,
+                            "1e9 pairs/s"))
             rows.append(row("all-pairs", d, th, "binllm dot_all int32", t32, pairs, "1e9 pairs/s",
                             pct_of_write=f"{100 * t_w32['median'] / t32['median']:.0f}%"))
-            rows.append(row("all-pairs", d, th, "write limit int16 (np.empty+fill, 1 thread)", t_w16, pairs, "1e9 pairs/s"))
+            rows.append(row("all-pairs", d, th, "write limit int16 (np.empty+fill, 1 thread)", t_w16, pairs,
+                            "1e9 pairs/s"))
             rows.append(row("all-pairs", d, th, "binllm dot_all int16", t16, pairs, "1e9 pairs/s",
                             pct_of_write=f"{100 * t_w16['median'] / t16['median']:.0f}%"))
             buf32 = np.empty((nq, m), np.int32)
@@ -118,7 +121,8 @@ def bench_all(rows, nq, m, dims, threads_list, rng):
             if faiss is not None:
                 t_f = timeit(lambda: faiss.hammings(faiss.swig_ptr(q), faiss.swig_ptr(it), nq, m, d // 8,
                                                     faiss.swig_ptr(fd)), budget_s=30)
-                rows.append(row("all-pairs", d, th, "faiss.hammings (into a reused buffer)", t_f, pairs, "1e9 pairs/s", best))
+                rows.append(row("all-pairs", d, th, "faiss.hammings (into a reused buffer)", t_f, pairs,
+                                "1e9 pairs/s", best))
 
 
 # ---------------------------------------------------------------- top-k
@@ -133,7 +137,7 @@ def bench_topk(rows, nq, m, k, dims, threads_list, rng):
         if faiss is not None:
             index = faiss.IndexBinaryFlat(d)
             index.add(it)
-            D, I = index.search(q, k)
+            D, _ = index.search(q, k)
             # same scores; tie order may differ, so compare the score lists
             np.testing.assert_array_equal(d - 2 * D, s)
         pairs = nq * m / 1e9
@@ -193,11 +197,11 @@ def bench_text(rows, n, dims, threads_list, rng):
             set_threads(th)
             floor_dot = timeit(lambda: S_dot.tolist())
             floor_bits = timeit(lambda: S_bits.tolist())
-            for style, floor, routes, ours_list, ours_arr, np_parse, ours_parse, texts in (
-                ("dotted", floor_dot, routes_dot, lambda: binllm.to_dotted(c, d), lambda: binllm.to_dotted(c, d, out="array"),
-                 np_parse_dot, lambda: binllm.from_dotted(dotted, d), dotted),
-                ("bits", floor_bits, routes_bits, lambda: binllm.to_bits(c, d), lambda: binllm.to_bits(c, d, out="array"),
-                 np_parse_bits, lambda: binllm.from_bits(bits, d), bits),
+            for style, floor, routes, ours_list, ours_arr, np_parse, ours_parse in (
+                ("dotted", floor_dot, routes_dot, lambda: binllm.to_dotted(c, d),
+                 lambda: binllm.to_dotted(c, d, out="array"), np_parse_dot, lambda: binllm.from_dotted(dotted, d)),
+                ("bits", floor_bits, routes_bits, lambda: binllm.to_bits(c, d),
+                 lambda: binllm.to_bits(c, d, out="array"), np_parse_bits, lambda: binllm.from_bits(bits, d)),
             ):
                 sec = f"text {style}"
                 rows.append(row(sec, d, th, "floor: create the n objects (S.tolist())", floor, mrows, "1e6 rows/s"))
@@ -266,8 +270,8 @@ Sizes: packing n={'2e4' if q else '1e6'} float32 rows; all-pairs {'100' if q els
 {'5e3' if q else '1e5'} items (the issue's 10k x 100k scaled down 10x in queries so torch's bf16 matmul
 fits the time budget; rates are per pair); top-k {'200' if q else '10,000'} x {'5e3' if q else '1e5'}, k=10;
 text {'2e4' if q else '1e6'} codes. `rate` is throughput (higher is better); `binllm_x` = binllm's rate /
-this row's rate (for all-pairs, binllm's best of int32, int16 and int32 into a reused buffer). Medians of >= 3 (usually 5-7) runs
-after a warm-up; spread = min-max. Every implementation was checked against binllm's output first.
+this row's rate (for all-pairs, binllm's best of int32, int16 and int32 into a reused buffer). Medians of >= 3
+(usually 5-7) runs after a warm-up; spread = min-max. Every implementation was checked against binllm's output first.
 """
     write_table(name, rows, ["section", "d", "threads", "impl", "median_s", "spread_s", "repeats", "rate", "unit",
                              "binllm_x", "pct_of_read", "pct_of_write", "vs_floor"], environment(), notes)

@@ -22,15 +22,16 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Iterator
+from collections.abc import Iterator
+from typing import Callable
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import environment, write_table  # noqa: E402
-
 import binllm  # noqa: E402
 from binllm import data, hashing, threads  # noqa: E402
+
+from common import environment, write_table  # noqa: E402
 
 BUSY_SRC = ("import time\n"
             "end = time.monotonic() + {limit}\n"
@@ -173,7 +174,8 @@ def main() -> None:
                              "busy_over_quiet", "after_quiet_over_before", "after_busy_over_before", "target_met"],
                 env,
                 f"CPU: {env['cpu']} ({env['cores']} cores). Seconds (hash model: per epoch, within a wall budget), "
-                f"median of {repeats} timed call(s) per cell after one warm-up (none for the hash model); `busy` = next to {args.busy} processes spinning in Python loops. `before` runs every "
+                f"median of {repeats} timed call(s) per cell after one warm-up (none for the hash model); "
+                f"`busy` = next to {args.busy} processes spinning in Python loops. `before` runs every "
                 "stage with torch's default thread count; `after` with binllm.threads' per-stage plan. Target: "
                 "after busy <= 2x after quiet, and after quiet <= 1.1x before quiet.")
     print(open(os.path.join(os.path.dirname(__file__), "results", name + ".md")).read().split("Environment")[0])

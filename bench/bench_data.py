@@ -52,7 +52,8 @@ from binllm import data
 t = time.perf_counter()
 r = data.read_amazon(sys.argv[1], sys.argv[2], year=2017, progress=False)
 t_read = time.perf_counter() - t
-p = data.prepare(r, data.Protocol("amazon-book", label_min=5, split="year_december", year=2017, min_count=20, valid_small=0.25))
+p = data.prepare(r, data.Protocol("amazon-book", label_min=5, split="year_december", year=2017, min_count=20,
+                                  valid_small=0.25))
 print(json.dumps({"read_s": t_read, "total_s": time.perf_counter() - t, "kept_rows": int(len(p.rows)),
                   "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
 '''

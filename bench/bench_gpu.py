@@ -8,16 +8,17 @@ Checks agreement first. Writes bench/results/gpu.md (or $OUT/gpu.md).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
+import binllm  # noqa: E402
+
 import common  # noqa: E402
 from common import environment, write_table  # noqa: E402
-
-import binllm  # noqa: E402
 
 
 def cuda_time(fn, repeats=7):
@@ -66,16 +67,17 @@ def main():
         assert torch.equal(ours, torch_pack(x))
         assert torch.equal(ours[:1000].cpu(), binllm.pack_signs(x[:1000].cpu()))
         gb = x.numel() * 4 / 1e9
-        t_copy = cuda_time(lambda: x.clone())
-        t_o = cuda_time(lambda: binllm.pack_signs(x))
-        t_t = cuda_time(lambda: torch_pack(x))
+        t_copy = cuda_time(x.clone)
+        t_o = cuda_time(functools.partial(binllm.pack_signs, x))
+        t_t = cuda_time(functools.partial(torch_pack, x))
         copy_bw = 2 * gb / t_copy["median"]
         rows.append({"section": "pack", "d": d, "impl": "binllm pack_signs (CUDA)", "median_s": t_o["median"],
-                     "rate": gb / t_o["median"], "unit": "GB/s read", "note": f"n={n:,}; {100 * gb / t_o['median'] / 4800:.0f}% of 4.8 TB/s peak"})
+                     "rate": gb / t_o["median"], "unit": "GB/s read",
+                     "note": f"n={n:,}; {100 * gb / t_o['median'] / 4800:.0f}% of 4.8 TB/s peak"})
         rows.append({"section": "pack", "d": d, "impl": "torch (x>=0) * weights sum", "median_s": t_t["median"],
                      "rate": gb / t_t["median"], "unit": "GB/s read", "binllm_x": t_t["median"] / t_o["median"]})
-        rows.append({"section": "pack", "d": d, "impl": "torch clone (read+write bandwidth)", "median_s": t_copy["median"],
-                     "rate": copy_bw, "unit": "GB/s read+write"})
+        rows.append({"section": "pack", "d": d, "impl": "torch clone (read+write bandwidth)",
+                     "median_s": t_copy["median"], "rate": copy_bw, "unit": "GB/s read+write"})
         del x
     nq, m, k, d = (1000, 100_000, 10, 64) if args.quick else (10_000, 1_000_000, 10, 64)
     g = torch.Generator(device=dev).manual_seed(0)
@@ -87,7 +89,6 @@ def main():
     t_o = cuda_time(lambda: binllm.topk(q, it, d, k), 3)
     rows.append({"section": "top-k", "d": d, "impl": f"binllm topk (CUDA) k={k}", "median_s": t_o["median"],
                  "rate": nq * m / t_o["median"] / 1e9, "unit": "1e9 pairs/s", "note": f"{nq:,} x {m:,}"})
-    best = None
     for chunk in (256, 1024, 4096):
         ts, _ = torch_topk(q[:chunk], it, d, k, chunk)
         assert torch.equal(ts, s[:chunk])

@@ -26,9 +26,9 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import environment, timeit, write_table  # noqa: E402
-
 from binllm import data, hashing, metrics  # noqa: E402
+
+from common import environment, timeit, write_table  # noqa: E402
 
 
 class RowDataset(torch.utils.data.Dataset):
@@ -214,7 +214,8 @@ def main():
     te = hashing.SplitTensors.of(prep, "test")
     m = hashing.evaluate(res.model, te)
     to_best = sum(h["seconds"] for h in res.history[: res.best_epoch + 1])
-    rows.append({"dataset": "ML-100K", "impl": "binllm default run (early stopping)", "s_per_epoch": secs / res.epochs_run,
+    rows.append({"dataset": "ML-100K", "impl": "binllm default run (early stopping)",
+                 "s_per_epoch": secs / res.epochs_run,
                  "note": f"best epoch {res.best_epoch} after {to_best:.1f}s, stopped at {res.epochs_run} "
                          f"({secs:.1f}s); test AUC {m['auc']:.4f}"})
     write_table("hashing_quick" if args.quick else "hashing", rows,

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import environment, timeit, write_table  # noqa: E402
-
 from binllm import data, hashing, scoring, tuning  # noqa: E402
 from binllm.codebook import CodeBook  # noqa: E402
 from binllm.prompts import PromptBuilder, PromptConfig  # noqa: E402
+
+from common import environment, timeit, write_table  # noqa: E402
 
 
 def sharded_scoring(prep, n_rows: int) -> list[dict]:

@@ -42,6 +42,7 @@ def main() -> None:
     from binllm.codebook import CodeBook
     from binllm.prefix_scoring import PrefixScorer
     from binllm.prompts import PromptBuilder, PromptConfig
+
     from common import environment, timeit, write_table
 
     if args.threads:
@@ -84,10 +85,12 @@ def main() -> None:
     t_pref = timeit(lambda: pref.score_groups(groups), repeats=args.repeats, warmup=0, budget_s=600)
     rows = [
         {"impl": "PrefixScorer (prefix once per user, suffixes batched on its KV cache)",
-         "candidates_per_s": n / t_pref["median"], "seconds": t_pref["median"], "spread": f"{t_pref['min']:.2f}-{t_pref['max']:.2f}",
+         "candidates_per_s": n / t_pref["median"], "seconds": t_pref["median"],
+         "spread": f"{t_pref['min']:.2f}-{t_pref['max']:.2f}",
          "speedup": t_full["median"] / t_pref["median"], "repeats": t_pref["n"]},
         {"impl": f"Scorer (full prompts, length-grouped batches of {args.batch_size})",
-         "candidates_per_s": n / t_full["median"], "seconds": t_full["median"], "spread": f"{t_full['min']:.2f}-{t_full['max']:.2f}",
+         "candidates_per_s": n / t_full["median"], "seconds": t_full["median"],
+         "spread": f"{t_full['min']:.2f}-{t_full['max']:.2f}",
          "speedup": 1.0, "repeats": t_full["n"]},
     ]
     env = environment()

@@ -227,8 +227,8 @@ def main() -> None:
 {args.users:,} users x {args.items:,} items, {args.d}-bit random codes, {args.excluded} random excluded items per
 user (CSR int32), top-{args.k}, {args.threads} threads, users in chunks of {args.chunk}. Both implementations ask for
 k + (most exclusions in the chunk) items and drop the excluded ones with the same vectorised numpy filter
-(`binllm.recommend.filter_excluded`); they differ in the kernel. Agreement checked (after the timed runs) on {nchk} users
-(binllm order == numpy oracle, FAISS scores == binllm scores; FAISS orders ties its own way).
+(`binllm.recommend.filter_excluded`); they differ in the kernel. Agreement checked (after the timed runs) on
+{nchk} users (binllm order == numpy oracle, FAISS scores == binllm scores; FAISS orders ties its own way).
 
 Peak memory of the binllm run over all users (own subprocess, VmHWM; `ru_maxrss` {res_b_all['ru_maxrss'] * mb:.1f} MiB):
 {res_b_all['peak'] * mb:.1f} MiB;

@@ -30,11 +30,11 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import environment, timeit, write_table  # noqa: E402
-
 import binllm  # noqa: E402
 import binllm.torch_ops as ops  # noqa: E402
 from binllm import hashing  # noqa: E402
+
+from common import environment, timeit, write_table  # noqa: E402
 
 N_USERS, N_ITEMS, BATCH = 944, 1683, 2048  # ML-100K-sized tables
 

@@ -38,8 +38,8 @@ def environment() -> dict:
 
     cpu = ""
     try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-        flags = next(l for l in open("/proc/cpuinfo") if l.startswith("flags")).split()
+        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+        flags = next(ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")).split()
         simd = sorted(f for f in flags if f.startswith(("avx", "amx")) or f in ("popcnt", "f16c"))
     except (OSError, StopIteration):
         simd = []

@@ -17,7 +17,7 @@ and the fallback in use (the default thread count, the best supported
 variant, backend by device), and ``build_info()['problems']`` (shown by
 ``binllm doctor``) lists it.
 """
-from ._backend import _warn_config_problems, build_info, set_backend
+from ._backend import _warn_config_problems, build_info, require_backend, set_backend
 from ._core import __version__, num_threads, set_num_threads
 from .codes import (
     balance,
@@ -31,7 +31,6 @@ from .codes import (
     unpack_signs,
 )
 from .textcodes import format_codes, from_bits, from_dotted, to_bits, to_dotted
-
 
 _warn_config_problems()
 
@@ -56,6 +55,7 @@ __all__ = [
     "hamming_rows",
     "num_threads",
     "pack_signs",
+    "require_backend",
     "set_backend",
     "set_cpu_variant",
     "set_num_threads",

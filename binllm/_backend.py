@@ -8,8 +8,13 @@ ValueError naming the argument. Nothing is ever moved between devices
 silently. torch is never imported here: tensors are recognised by duck typing
 so that ``import binllm`` stays light.
 
-``BINLLM_BACKEND`` ('cpu' or 'cuda') requires that backend; any other value is
-ignored with a RuntimeWarning at import and listed in ``build_info()['problems']``
+``impl(**inputs)`` returns the backend module for the inputs, ``binllm._cpu_backend`` or
+``binllm._cuda_backend``: the same functions with the same signatures (bitsandbytes' shape: one op,
+per-device implementations, one table), so the public functions in ``binllm.codes`` are one line each.
+
+``require_backend`` (tests, benchmarks) and ``BINLLM_BACKEND`` ('cpu' or 'cuda') require that
+backend: inputs on the other device raise ValueError instead of running there. Any other value of
+BINLLM_BACKEND is ignored with a RuntimeWarning at import and listed in ``build_info()['problems']``
 (the same policy as BINLLM_NUM_THREADS and BINLLM_CPU_VARIANT, see ``binllm``).
 """
 from __future__ import annotations
@@ -17,13 +22,20 @@ from __future__ import annotations
 import importlib.util
 import os
 import warnings
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable, TypedDict, TypeVar
 
 import numpy as np
 
-from . import _core
+from . import _core, _cpu_backend
+
+if TYPE_CHECKING:  # type names only; torch is never imported at run time here
+    from typing import TypeGuard
+
+    import torch
 
 _BACKENDS = ("cpu", "cuda")
+T = TypeVar("T")
 
 
 def _env_backend() -> tuple[str | None, str | None]:
@@ -34,7 +46,7 @@ def _env_backend() -> tuple[str | None, str | None]:
     return None, f"BINLLM_BACKEND={value!r} ignored (expected 'cpu' or 'cuda'); choosing the backend by device"
 
 
-_FORCED, _BACKEND_PROBLEM = _env_backend()
+_REQUIRED, _BACKEND_PROBLEM = _env_backend()
 
 
 def config_problems() -> list[str]:
@@ -50,7 +62,8 @@ def _warn_config_problems() -> None:
         warnings.warn(p, RuntimeWarning, stacklevel=3)
 
 
-def is_torch(x: Any) -> bool:
+def is_torch(x: object) -> TypeGuard[torch.Tensor]:
+    """Whether x is a torch tensor (by duck typing: torch is never imported here)."""
     return type(x).__module__.split(".")[0] == "torch" and hasattr(x, "device")
 
 
@@ -74,15 +87,26 @@ def common_device(**arrays: Any) -> str:
     return found.pop() if found else "cpu"
 
 
-def set_backend(name: str | None) -> None:
-    """Force 'cpu' or 'cuda' for tests and benchmarks (None: by the inputs' device)."""
-    global _FORCED
+def require_backend(name: str | None) -> None:
+    """Requires 'cpu' or 'cuda' for every following call (None: by the inputs' device), for tests and benchmarks.
+
+    Inputs are never moved between devices: a call whose inputs sit on the other device raises
+    ValueError (so a benchmark that means to time the CUDA kernels cannot silently time the CPU)."""
+    global _REQUIRED
     if name not in (None, "cpu", "cuda"):
         raise ValueError(f"name must be None, 'cpu' or 'cuda'; got {name!r}")
-    _FORCED = name
+    _REQUIRED = name
 
 
-def cuda_module():
+def set_backend(name: str | None) -> None:
+    """Deprecated alias of :func:`require_backend` (it never forced a backend, it requires one)."""
+    warnings.warn("binllm.set_backend is deprecated; use binllm.require_backend (same behaviour)",
+                  DeprecationWarning, stacklevel=2)
+    require_backend(name)
+
+
+def cuda_module() -> ModuleType:
+    """``binllm._cuda_backend``; RuntimeError with what to do when this build has no CUDA module."""
     try:
         from . import _cuda_backend
     except ImportError as e:
@@ -98,9 +122,19 @@ def backend_for(**arrays: Any) -> str:
     """'cpu' or 'cuda' for these inputs; raises if they sit on different devices."""
     dev = common_device(**arrays)
     want = "cpu" if dev == "cpu" else "cuda"
-    if _FORCED is not None and _FORCED != want:
-        raise ValueError(f"backend forced to {_FORCED!r} but the inputs are on {dev}")
+    if _REQUIRED is not None and _REQUIRED != want:
+        raise ValueError(f"backend {_REQUIRED!r} required (require_backend or BINLLM_BACKEND) but the inputs "
+                         f"are on {dev}")
     return want
+
+
+def impl(**arrays: Any) -> ModuleType:
+    """The backend module for these named inputs: ``_cpu_backend`` or ``_cuda_backend``.
+
+    The one dispatch point: both modules offer pack_signs, unpack, score_pairs, score_all and
+    topk with the same signatures. Raises ValueError when the inputs sit on different devices (or
+    not on the required backend) and RuntimeError for CUDA inputs without a CUDA build."""
+    return cuda_module() if backend_for(**arrays) == "cuda" else _cpu_backend
 
 
 def host_view(name: str, x: Any) -> tuple[np.ndarray, bool]:
@@ -136,20 +170,34 @@ def like(out: np.ndarray, ref: Any, torch_dtype: Any = None) -> Any:
     return t.view(torch_dtype) if torch_dtype is not None else t
 
 
-def build_info() -> dict[str, Any]:
+class BuildInfo(TypedDict):
+    """What :func:`build_info` reports; None where a value could not be determined (see `problems`)."""
+
+    version: str
+    compiler: str | None
+    cpu_variants_compiled: list[str] | None
+    cpu_variants_supported: list[str] | None
+    cpu_variant: str | None
+    threads: int | None
+    cuda: dict[str, int | str] | None
+    problems: list[str]
+
+
+def build_info() -> BuildInfo:
     """Version, compiler and CPU variants of the core, whether CUDA was built, and configuration problems.
 
     Never raises: whatever cannot be determined is None and explained in 'problems' (a list of str,
     empty when all is well), so ``binllm doctor`` can show it."""
     problems: list[str] = []
 
-    def get(what: str, fn: Any) -> Any:
+    def get(what: str, fn: Callable[[], T]) -> T | None:
         try:
             return fn()
         except Exception as e:  # noqa: BLE001  (diagnostics must report, not raise)
             problems.append(f"{what}: {type(e).__name__}: {e}")
             return None
 
+    cuda: dict[str, int | str] | None
     try:
         # find_spec first: without a CUDA build, build_info() must not pay for importing torch
         cuda = cuda_module().build_info() if importlib.util.find_spec(f"{__package__}._cuda_ext") else None
@@ -158,7 +206,7 @@ def build_info() -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001  (a broken CUDA module is a problem to report)
         cuda = None
         problems.append(f"CUDA module: {type(e).__name__}: {e}")
-    info = {
+    info: BuildInfo = {
         "version": _core.__version__,
         "compiler": get("compiler", _core.compiler_info),
         "cpu_variants_compiled": get("compiled variants", lambda: list(_core.compiled_variants())),
@@ -166,7 +214,7 @@ def build_info() -> dict[str, Any]:
         "cpu_variant": get("CPU variant", _core.current_variant),
         "threads": get("threads", _core.num_threads),
         "cuda": cuda,
+        "problems": [],
     }
-    info["problems"] = get("configuration", config_problems) or []
-    info["problems"] += problems
+    info["problems"] = (get("configuration", config_problems) or []) + problems
     return info

@@ -1,39 +1,42 @@
-"""Type stubs of the C++ core (binllm._core). Checked against the built module by tests/test_stubs.py."""
-from typing import Literal
+"""Type stubs of the C++ core (binllm._core). Checked against the built module by tests/test_stubs.py.
+
+The string Literals are the aliases of ``binllm._types``, shared with the Python wrappers."""
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
 
+from ._types import CoreUnpackDtype, OutDtype, ScoreKind, TextBuffer, TextOut
+
 __version__: str
 
-def pack_signs(x: npt.NDArray[np.floating] | npt.NDArray[np.int16] | npt.NDArray[np.uint16], bfloat16: bool = False) -> npt.NDArray[np.uint8]: ...
-def unpack(
-    codes: npt.NDArray[np.uint8],
-    d: int,
-    dtype: Literal["float32", "float64", "float16", "bfloat16", "int8", "bits"] = "float32",
-) -> np.ndarray: ...
+_FloatIn = npt.NDArray[np.floating] | npt.NDArray[np.int16] | npt.NDArray[np.uint16]
+_TextsIn = Sequence[str] | Sequence[bytes] | np.ndarray
+
+def pack_signs(x: _FloatIn, bfloat16: bool = False) -> npt.NDArray[np.uint8]: ...
+def unpack(codes: npt.NDArray[np.uint8], d: int, dtype: CoreUnpackDtype = "float32") -> np.ndarray: ...
 def score_pairs(
-    a: npt.NDArray[np.uint8], b: npt.NDArray[np.uint8], d: int, kind: Literal["dot", "hamming"] = "dot"
+    a: npt.NDArray[np.uint8], b: npt.NDArray[np.uint8], d: int, kind: ScoreKind = "dot"
 ) -> npt.NDArray[np.int32]: ...
 def score_all(
     a: npt.NDArray[np.uint8],
     b: npt.NDArray[np.uint8],
     d: int,
-    kind: Literal["dot", "hamming"] = "dot",
-    out_dtype: Literal["int32", "int16"] = "int32",
+    kind: ScoreKind = "dot",
+    out_dtype: OutDtype = "int32",
     out: np.ndarray | None = None,
 ) -> np.ndarray: ...
 def topk(
     queries: npt.NDArray[np.uint8], items: npt.NDArray[np.uint8], d: int, k: int
 ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]: ...
 def format_bits(
-    codes: npt.NDArray[np.uint8], d: int, out: Literal["list", "array", "buffer"] = "list"
-) -> list[str] | np.ndarray | tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]: ...
+    codes: npt.NDArray[np.uint8], d: int, out: TextOut = "list"
+) -> list[str] | np.ndarray | TextBuffer: ...
 def format_dotted(
-    codes: npt.NDArray[np.uint8], d: int, out: Literal["list", "array", "buffer"] = "list"
-) -> list[str] | np.ndarray | tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]: ...
-def parse_bits(texts: list[str] | list[bytes] | tuple[str, ...] | tuple[bytes, ...] | np.ndarray, d: int) -> npt.NDArray[np.uint8]: ...
-def parse_dotted(texts: list[str] | list[bytes] | tuple[str, ...] | tuple[bytes, ...] | np.ndarray, d: int) -> npt.NDArray[np.uint8]: ...
+    codes: npt.NDArray[np.uint8], d: int, out: TextOut = "list"
+) -> list[str] | np.ndarray | TextBuffer: ...
+def parse_bits(texts: _TextsIn, d: int) -> npt.NDArray[np.uint8]: ...
+def parse_dotted(texts: _TextsIn, d: int) -> npt.NDArray[np.uint8]: ...
 def num_threads() -> int: ...
 def set_num_threads(n: int) -> None: ...
 def compiled_variants() -> list[str]: ...

@@ -7,11 +7,10 @@ equal the CPU backend bit for bit.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from . import _cuda_ext  # noqa: F401  (ImportError here means: no CUDA build)
+from . import _cuda_ext  # ImportError here means: no CUDA build
+from ._types import CoreUnpackDtype, OutDtype, ScoreKind
 
 # Enum values come from the extension (core/bits.h), never hard-coded here.
 _FLOAT = {torch.float32: _cuda_ext.FLOAT_TYPES["float32"], torch.float16: _cuda_ext.FLOAT_TYPES["float16"],
@@ -22,10 +21,12 @@ _UNPACK = {name: (_cuda_ext.UNPACK_TYPES[name], dtype) for name, dtype in
 
 
 def _ctx(t: torch.Tensor) -> tuple[int, int]:
-    return t.device.index, torch.cuda.current_stream(t.device).cuda_stream
+    index = t.device.index
+    assert index is not None  # a CUDA tensor always has its device index
+    return index, torch.cuda.current_stream(t.device).cuda_stream
 
 
-def _codes(name: str, c: Any, d: int) -> torch.Tensor:
+def _codes(name: str, c: object, d: int) -> torch.Tensor:
     if d < 1:
         raise ValueError(f"d must be a positive number of dimensions; got {d}")
     if d > 2**31 - 1:
@@ -61,7 +62,7 @@ def pack_signs(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def unpack(codes: torch.Tensor, d: int, dtype: str) -> torch.Tensor:
+def unpack(codes: torch.Tensor, d: int, dtype: CoreUnpackDtype) -> torch.Tensor:
     if dtype not in _UNPACK:
         raise ValueError(f"dtype must be one of {', '.join(_UNPACK)} on CUDA; got {dtype!r}")
     c = _codes("codes", codes, d)
@@ -72,13 +73,13 @@ def unpack(codes: torch.Tensor, d: int, dtype: str) -> torch.Tensor:
     return out
 
 
-def _kind(kind: str) -> int:
+def _kind(kind: ScoreKind) -> int:
     if kind not in ("dot", "hamming"):
         raise ValueError(f"kind must be 'dot' or 'hamming'; got {kind!r}")
     return _cuda_ext.SCORE_KINDS[kind]
 
 
-def score_pairs(a: torch.Tensor, b: torch.Tensor, d: int, kind: str) -> torch.Tensor:
+def score_pairs(a: torch.Tensor, b: torch.Tensor, d: int, kind: ScoreKind) -> torch.Tensor:
     ca, cb = _codes("a", a, d), _codes("b", b, d)
     if ca.shape[0] != cb.shape[0]:
         raise ValueError(f"a and b must have the same number of rows for row-aligned scores; got {ca.shape[0]} and "
@@ -89,7 +90,8 @@ def score_pairs(a: torch.Tensor, b: torch.Tensor, d: int, kind: str) -> torch.Te
     return out
 
 
-def score_all(a: torch.Tensor, b: torch.Tensor, d: int, kind: str, out_dtype: str, out: Any = None) -> torch.Tensor:
+def score_all(a: torch.Tensor, b: torch.Tensor, d: int, kind: ScoreKind, out_dtype: OutDtype,
+              out: torch.Tensor | None = None) -> torch.Tensor:
     ca, cb = _codes("a", a, d), _codes("b", b, d)
     if out_dtype not in ("int32", "int16"):
         raise ValueError(f"out_dtype must be 'int32' or 'int16'; got {out_dtype!r}")
@@ -125,5 +127,5 @@ def topk(queries: torch.Tensor, items: torch.Tensor, d: int, k: int) -> tuple[to
     return scores, idx
 
 
-def build_info() -> dict:
+def build_info() -> dict[str, int | str]:
     return dict(_cuda_ext.build_info())

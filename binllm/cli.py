@@ -18,8 +18,9 @@ import re
 import sys
 import time
 import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 Handler = Callable[[argparse.Namespace], int]
 _COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Handler, str]] = {}
@@ -117,7 +118,9 @@ def _doctor(args: argparse.Namespace) -> int:
 
     from . import threads
 
-    info = dict(binllm.build_info())
+    built = binllm.build_info()
+    problems = built["problems"]
+    info: dict[str, object] = dict(built)
     for pkg in ("torch", "transformers", "peft"):
         try:
             info[pkg] = metadata.version(pkg)
@@ -126,7 +129,7 @@ def _doctor(args: argparse.Namespace) -> int:
     try:
         info["stage_threads"] = threads.plan()
     except ValueError as e:  # a bad BINLLM_STAGE_THREADS: report it, doctor's job is to diagnose
-        info.setdefault("problems", []).append(str(e))
+        problems.append(str(e))
     if args.json:
         print(json.dumps(info, indent=2, default=str))
     else:

@@ -17,12 +17,17 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
 from . import _io, textcodes
 from . import codes as _codes
+from ._types import TextStyle
+
+if TYPE_CHECKING:
+    from .data import Prepared
+    from .hashing import HashModel
 
 FORMAT = "binllm-codebook-1"
 
@@ -85,11 +90,11 @@ class CodeBook:
         return dataset_fingerprint(self.user_ids, self.item_ids)
 
     @classmethod
-    def from_model(cls, model: Any, prep: Any, config: dict, metrics: dict) -> CodeBook:
+    def from_model(cls, model: HashModel, prep: Prepared, config: dict, metrics: dict) -> CodeBook:
         return cls(model.packed_codes("user"), model.packed_codes("item"), model.d, prep.user_ids, prep.item_ids,
                    config, metrics)
 
-    def check_dataset(self, prep: Any) -> None:
+    def check_dataset(self, prep: Prepared) -> None:
         """Raises ValueError unless this code book was made for `prep`'s ids."""
         if len(prep.user_ids) != len(self.user_ids) or len(prep.item_ids) != len(self.item_ids):
             raise ValueError(
@@ -110,7 +115,10 @@ class CodeBook:
         """Code strings of every slot of `side` ('user' or 'item')."""
         if side not in ("user", "item"):
             raise ValueError(f"side must be 'user' or 'item'; got {side!r}")
-        return textcodes.format_codes(self.user_codes if side == "user" else self.item_codes, self.d, style)
+        if style not in ("bits", "dotted"):
+            raise ValueError(f"style must be 'bits' or 'dotted'; got {style!r}")
+        codes = self.user_codes if side == "user" else self.item_codes
+        return textcodes.format_codes(codes, self.d, cast(TextStyle, style))
 
     @property
     def checksum(self) -> str:

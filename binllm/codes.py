@@ -24,20 +24,15 @@ Limits, each checked with a ValueError that names the argument:
 """
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
-from . import _backend, _core
+from . import _backend
+from ._types import ArrayT, OutDtype, UnpackDtype
 
 _UNPACK_DTYPES = ("float32", "float64", "float16", "bfloat16", "int8")
 
 
-def _cuda(name: str, *args: Any, **kw: Any) -> Any:
-    return getattr(_backend.cuda_module(), name)(*args, **kw)
-
-
-def pack_signs(x: Any) -> Any:
+def pack_signs(x: ArrayT) -> ArrayT:
     """Packs the signs of a float matrix into codes.
 
     Args:
@@ -49,87 +44,54 @@ def pack_signs(x: Any) -> Any:
         ValueError: x holds NaN (the message names the row and column).
         TypeError: wrong dtype or number of dimensions.
     """
-    if _backend.backend_for(x=x) == "cuda":
-        return _cuda("pack_signs", x)
-    arr, bf16 = _backend.host_view("x", x)
-    return _backend.like(_core.pack_signs(arr, bfloat16=bf16), x)
+    return _backend.impl(x=x).pack_signs(x)
 
 
-def unpack_signs(codes: Any, d: int, dtype: str = "float32") -> Any:
+def unpack_signs(codes: ArrayT, d: int, dtype: UnpackDtype = "float32") -> ArrayT:
     """Unpacks codes to +-1 values.
 
     Args:
         codes: uint8 (n, ceil(d/8)).
         d: number of dimensions.
-        dtype: 'float32', 'float64', 'float16', 'bfloat16' (torch inputs only) or 'int8'.
+        dtype: 'float32', 'float64' (CPU only), 'float16', 'bfloat16' (torch inputs only) or 'int8'.
     Returns:
         (n, d) array of +1/-1 in `dtype`.
     """
     if dtype not in _UNPACK_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(_UNPACK_DTYPES)}; got {dtype!r}")
-    if _backend.backend_for(codes=codes) == "cuda":
-        return _cuda("unpack", codes, d, dtype)
-    arr, _ = _backend.host_view("codes", codes)
-    if dtype == "bfloat16":
-        if not _backend.is_torch(codes):
-            raise ValueError("dtype='bfloat16' needs torch tensor input (numpy has no bfloat16)")
-        import torch
-
-        return _backend.like(_core.unpack(arr, d, "bfloat16"), codes, torch.bfloat16)
-    return _backend.like(_core.unpack(arr, d, dtype), codes)
+    return _backend.impl(codes=codes).unpack(codes, d, dtype)
 
 
-def unpack_bits(codes: Any, d: int) -> Any:
+def unpack_bits(codes: ArrayT, d: int) -> ArrayT:
     """Unpacks codes to 0/1 bits: uint8 (n, d), as ``numpy.unpackbits(..., count=d)``."""
-    if _backend.backend_for(codes=codes) == "cuda":
-        return _cuda("unpack", codes, d, "bits")
-    arr, _ = _backend.host_view("codes", codes)
-    return _backend.like(_core.unpack(arr, d, "bits"), codes)
+    return _backend.impl(codes=codes).unpack(codes, d, "bits")
 
 
-def _pairs(kind: str, a: Any, b: Any, d: int) -> Any:
-    if _backend.backend_for(a=a, b=b) == "cuda":
-        return _cuda("score_pairs", a, b, d, kind)
-    aa, _ = _backend.host_view("a", a)
-    bb, _ = _backend.host_view("b", b)
-    return _backend.like(_core.score_pairs(aa, bb, d, kind), a)
-
-
-def _all(kind: str, a: Any, b: Any, d: int, out_dtype: str, out: Any) -> Any:
-    if _backend.backend_for(a=a, b=b) == "cuda":
-        return _cuda("score_all", a, b, d, kind, out_dtype, out)
-    aa, _ = _backend.host_view("a", a)
-    bb, _ = _backend.host_view("b", b)
-    o = None if out is None else _backend.host_view("out", out)[0]
-    res = _core.score_all(aa, bb, d, kind, out_dtype, o)
-    return out if out is not None else _backend.like(res, a)
-
-
-def dot_rows(a: Any, b: Any, d: int) -> Any:
+def dot_rows(a: ArrayT, b: ArrayT, d: int) -> ArrayT:
     """+-1 inner products of aligned rows: int32 (n,), out[r] = <a_r, b_r> in [-d, d]."""
-    return _pairs("dot", a, b, d)
+    return _backend.impl(a=a, b=b).score_pairs(a, b, d, "dot")
 
 
-def hamming_rows(a: Any, b: Any, d: int) -> Any:
+def hamming_rows(a: ArrayT, b: ArrayT, d: int) -> ArrayT:
     """Hamming distances of aligned rows: int32 (n,) in [0, d]."""
-    return _pairs("hamming", a, b, d)
+    return _backend.impl(a=a, b=b).score_pairs(a, b, d, "hamming")
 
 
-def dot_all(a: Any, b: Any, d: int, out_dtype: str = "int32", out: Any = None) -> Any:
+def dot_all(a: ArrayT, b: ArrayT, d: int, out_dtype: OutDtype = "int32", out: ArrayT | None = None) -> ArrayT:
     """+-1 inner products of all pairs: (n, m) int32, or int16 (half the bytes; d <= 32767).
 
     `out`, a C-contiguous (n, m) array of `out_dtype` that shares no memory with
     `a` or `b`, is filled and returned instead of a new array (repeated calls then
     skip page faults of fresh memory)."""
-    return _all("dot", a, b, d, out_dtype, out)
+    return _backend.impl(a=a, b=b).score_all(a, b, d, "dot", out_dtype, out)
 
 
-def hamming_all(a: Any, b: Any, d: int, out_dtype: str = "int32", out: Any = None) -> Any:
+def hamming_all(a: ArrayT, b: ArrayT, d: int, out_dtype: OutDtype = "int32", out: ArrayT | None = None) -> ArrayT:
     """Hamming distances of all pairs: (n, m) int32 or int16 (d <= 32767); `out` as in :func:`dot_all`."""
-    return _all("hamming", a, b, d, out_dtype, out)
+    return _backend.impl(a=a, b=b).score_all(a, b, d, "hamming", out_dtype, out)
 
 
-def topk(queries: Any, items: Any, d: int, k: int) -> tuple[Any, Any]:
+def topk(queries: ArrayT, items: ArrayT, d: int, k: int) -> tuple[ArrayT, ArrayT]:
     """The k items with the largest +-1 inner product for every query.
 
     Args:
@@ -138,19 +100,13 @@ def topk(queries: Any, items: Any, d: int, k: int) -> tuple[Any, Any]:
         (scores int32 (n, k), indices int64 (n, k)), best first; equal scores
         are ordered by the lower item index.
     """
-    if _backend.backend_for(queries=queries, items=items) == "cuda":
-        return _cuda("topk", queries, items, d, k)
-    q, _ = _backend.host_view("queries", queries)
-    it, _ = _backend.host_view("items", items)
-    s, i = _core.topk(q, it, d, k)
-    return _backend.like(s, queries), _backend.like(i, queries)
+    return _backend.impl(queries=queries, items=items).topk(queries, items, d, k)
 
 
-def balance(codes: Any, d: int) -> np.ndarray:
+def balance(codes: ArrayT, d: int) -> np.ndarray:
     """Share of ones per bit: float64 (d,). 0.5 everywhere means balanced bits."""
     bits = unpack_bits(codes, d)
-    if _backend.is_torch(bits):
-        bits = bits.cpu().numpy()
-    if bits.shape[0] == 0:
+    host: np.ndarray = bits.cpu().numpy() if _backend.is_torch(bits) else np.asarray(bits)
+    if host.shape[0] == 0:
         return np.full(d, np.nan)
-    return bits.mean(axis=0, dtype=np.float64)
+    return host.mean(axis=0, dtype=np.float64)

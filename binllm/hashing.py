@@ -31,9 +31,10 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Union
 
 import numpy as np
 import torch
@@ -53,14 +54,14 @@ class SignSTE(torch.autograd.Function):
     reference) or only where |x| <= 1 (``clip=True``)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, clip: bool = False) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, clip: bool = False) -> torch.Tensor:
         ctx.clip = clip
         if clip:
             ctx.save_for_backward(x)
         return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor):
         if ctx.clip:
             (x,) = ctx.saved_tensors
             return grad * (x.abs() <= 1).to(grad.dtype), None
@@ -114,7 +115,7 @@ class HashConfig:
     decorr_weight: float = 0.0
 
     @classmethod
-    def mf_baseline(cls, **overrides: Any) -> "HashConfig":
+    def mf_baseline(cls, **overrides: Any) -> HashConfig:
         """The paper's continuous MF baseline: 256-d, Adam lr 1e-3, weight decay 1e-4,
         patience 10. `overrides` replace any field (e.g. ``max_epochs``, ``seed``)."""
         base: dict[str, Any] = dict(model="mf", d=256, lr=1e-3, weight_decay=1e-4, patience=10)
@@ -213,7 +214,7 @@ class MFModel(nn.Module):
         super().__init__()
         self.user_emb, self.item_emb = _embeddings(n_users, n_items, d, init_std)
 
-    def forward(self, u, i, beta: float = 0.0, gen=None):
+    def forward(self, u, i, beta: float = 0.0, gen=None):  # noqa: ARG002  (HashModel's signature; MF ignores both)
         return (self.user_emb(u) * self.item_emb(i)).sum(-1)
 
     @torch.no_grad()
@@ -221,7 +222,11 @@ class MFModel(nn.Module):
         return self.forward(u, i)
 
 
-def build_model(cfg: HashConfig, n_users: int, n_items: int) -> nn.Module:
+#: The two models :func:`train` builds (one training loop, one checkpoint format).
+Model = Union[HashModel, MFModel]
+
+
+def build_model(cfg: HashConfig, n_users: int, n_items: int) -> Model:
     """A fresh :class:`HashModel` or :class:`MFModel` for `cfg`, initialised from ``cfg.seed``
     (``n_users`` / ``n_items`` count the slots, padding id 0 included)."""
     torch.manual_seed(cfg.seed)
@@ -285,7 +290,7 @@ class SplitTensors:
     warm: np.ndarray
 
     @classmethod
-    def of(cls, prep: "Prepared", split: str) -> "SplitTensors":
+    def of(cls, prep: Prepared, split: str) -> SplitTensors:
         r = prep.split(split)
         if len(r) == 0:
             raise ValueError(f"the {split} split is empty; nothing to train or evaluate on")
@@ -296,14 +301,14 @@ class SplitTensors:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, s: SplitTensors, batch: int = 1 << 16) -> np.ndarray:
+def predict(model: Model, s: SplitTensors, batch: int = 1 << 16) -> np.ndarray:
     """Evaluation scores (binary for the hash model) of a split's rows: float32 (n,)."""
     model.eval()
     out = [model.binary_scores(s.u[b:b + batch], s.i[b:b + batch]) for b in range(0, len(s.u), batch)]
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
 
 
-def evaluate(model: nn.Module, s: SplitTensors) -> dict:
+def evaluate(model: Model, s: SplitTensors) -> dict:
     """AUC, UAUC and their warm/cold parts (:func:`binllm.metrics.evaluate`) of a split."""
     return metrics.evaluate(s.u.numpy(), s.y.numpy().astype(np.int64), predict(model, s), s.warm)
 
@@ -312,7 +317,7 @@ def evaluate(model: nn.Module, s: SplitTensors) -> dict:
 class TrainResult:
     """What :func:`train` returns: the best model (by valid AUC) and the run's record."""
 
-    model: nn.Module
+    model: Model
     best_epoch: int
     best_valid_auc: float
     history: list[dict] = field(default_factory=list)
@@ -366,7 +371,7 @@ def _config_of(c: dict, path: Path) -> HashConfig:
         raise ValueError(f"{path} holds a config this binllm does not know: {e}") from e
 
 
-def load_best(out_dir: str | os.PathLike) -> nn.Module:
+def load_best(out_dir: str | os.PathLike) -> Model:
     """The best model (by valid AUC) of a :func:`train` run folder, in eval mode.
 
     Rebuilds the model from the checkpoint's config and table sizes, then loads the best state
@@ -387,7 +392,7 @@ def load_best(out_dir: str | os.PathLike) -> nn.Module:
     return model.eval()
 
 
-def _check_ids(prep: "Prepared", n_users: int, n_items: int) -> None:
+def _check_ids(prep: Prepared, n_users: int, n_items: int) -> None:
     r = prep.rows
     for col, n, name in (("uid", n_users, "user"), ("iid", n_items, "item")):
         v = r[col].to_numpy()
@@ -406,7 +411,7 @@ def make_optimizer(model: nn.Module, cfg: HashConfig) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def train(prep: "Prepared", cfg: HashConfig, out_dir: str | os.PathLike | None = None, resume: bool = False,
+def train(prep: Prepared, cfg: HashConfig, out_dir: str | os.PathLike | None = None, resume: bool = False,
           progress: bool = True, max_epochs: int | None = None,
           on_epoch: Callable[[dict], None] | None = None, log: bool | None = None) -> TrainResult:
     """Trains on ``prep``'s train split with early stopping on valid AUC (in the ``hash`` thread stage).
@@ -436,7 +441,7 @@ def train(prep: "Prepared", cfg: HashConfig, out_dir: str | os.PathLike | None =
         return _train(prep, cfg, out_dir, resume, progress, max_epochs, on_epoch, log)
 
 
-def _train(prep: "Prepared", cfg: HashConfig, out_dir: str | os.PathLike | None, resume: bool, progress: bool,
+def _train(prep: Prepared, cfg: HashConfig, out_dir: str | os.PathLike | None, resume: bool, progress: bool,
            max_epochs: int | None, on_epoch: Callable[[dict], None] | None, log: bool | None) -> TrainResult:
     from tqdm.auto import tqdm
 
@@ -481,7 +486,7 @@ def _train(prep: "Prepared", cfg: HashConfig, out_dir: str | os.PathLike | None,
         total = 0.0
         for b in range(0, n, cfg.batch_size):
             idx = perm[b:b + cfg.batch_size]
-            if regularise:
+            if regularise and isinstance(model, HashModel):  # regularise implies the hash model
                 logits, cu, ci = model.pair(tr.u[idx], tr.i[idx], beta, gen)
                 loss = loss_fn(logits, tr.y[idx])
                 reg = _regulariser(cfg, cu) + _regulariser(cfg, ci)
@@ -501,7 +506,7 @@ def _train(prep: "Prepared", cfg: HashConfig, out_dir: str | os.PathLike | None,
         # plain Python numbers only: the checkpoint must load with weights_only=True
         rec: dict[str, float | int] = {"epoch": epoch, "beta": float(beta), "loss": float(total / n),
                                        "valid_auc": float(res["auc"]), "valid_uauc": float(res["uauc"])}
-        if cfg.model == "hash":
+        if isinstance(model, HashModel):  # cfg.model == "hash"
             cs = code_stats(model.packed_codes("item")[1:], cfg.d)
             rec.update(item_bit_entropy=cs["bit_entropy"], item_distinct_codes=cs["distinct_codes"])
         rec["seconds"] = time.perf_counter() - t0

@@ -51,13 +51,17 @@ def _check_scores(name: str, scores: Any, n: int) -> np.ndarray:
     return s
 
 
-def _check(labels: Any, scores: Any, users: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _check(labels: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
     y = _as1d("labels", labels)
     s = _check_scores("scores", scores, len(y))
     if not np.isin(y, (0, 1)).all():
         raise ValueError("labels must be 0 or 1")
-    u = None if users is None else _as1d("users", users, len(y))
-    return y.astype(np.int64), s, u
+    return y.astype(np.int64), s
+
+
+def _check_users(labels: Any, scores: Any, users: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    y, s = _check(labels, scores)
+    return y, s, _as1d("users", users, len(y))
 
 
 def _check_boot(n_boot: int, seed: int, level: float) -> None:
@@ -81,7 +85,7 @@ def _tied_ranks(keys_sorted_equal: np.ndarray, n: int) -> np.ndarray:
 
 def auc(labels: Any, scores: Any) -> float:
     """Area under the ROC curve; NaN when only one class is present."""
-    y, s, _ = _check(labels, scores)
+    y, s = _check(labels, scores)
     n_pos = int(y.sum())
     n_neg = len(y) - n_pos
     if n_pos == 0 or n_neg == 0:
@@ -119,7 +123,7 @@ def uauc(users: Any, labels: Any, scores: Any) -> tuple[float, int, int]:
     """Mean of per-user AUC over users with both labels (hence >= 2 rows).
 
     Returns (uauc, users used, users skipped); uauc is NaN when no user has both labels."""
-    y, s, u = _check(labels, scores, users)
+    y, s, u = _check_users(labels, scores, users)
     per, _, skipped = _per_user_auc(u, y, s)
     if len(per) == 0:
         return float("nan"), 0, skipped
@@ -211,7 +215,7 @@ def bootstrap_auc(labels: Any, scores: Any, n_boot: int = 1000, seed: int = 0,
     Returns (lo, hi); (NaN, NaN) when the AUC itself is NaN (one class). Resamples
     that draw only one class are skipped. Raises ValueError on mismatched
     lengths, non-0/1 labels or NaN/Inf scores."""
-    y, s, _ = _check(labels, scores)
+    y, s = _check(labels, scores)
     _check_boot(n_boot, seed, level)
     if y.sum() == 0 or y.sum() == len(y):
         return float("nan"), float("nan")
@@ -226,7 +230,7 @@ def bootstrap_uauc(users: Any, labels: Any, scores: Any, n_boot: int = 1000, see
     excluded, as in `uauc`); each resample draws that many users with
     replacement and averages their AUCs. Returns (lo, hi); (NaN, NaN) when no
     user has both labels. Arguments and errors as `bootstrap_auc`, plus users (n,)."""
-    y, s, u = _check(labels, scores, users)
+    y, s, u = _check_users(labels, scores, users)
     _check_boot(n_boot, seed, level)
     per, _, _ = _per_user_auc(u, y, s)
     return _interval(_user_boot(per, n_boot, seed), level)
@@ -244,7 +248,7 @@ def paired_bootstrap(users: Any, labels: Any, scores_a: Any, scores_b: Any, n_bo
     number for "A is better"), `m_boot_used` (resamples with both classes); and
     `n_rows`, `n_users_uauc`, `n_boot`, `level`. Values are NaN where the metric
     is undefined (one class; no user with both labels)."""
-    y, sa, u = _check(labels, scores_a, users)
+    y, sa, u = _check_users(labels, scores_a, users)
     sb = _check_scores("scores_b", scores_b, len(y))
     _check_boot(n_boot, seed, level)
     out: dict[str, float | int] = {"n_rows": len(y), "n_boot": int(n_boot), "level": float(level)}
@@ -288,7 +292,7 @@ def evaluate(users: Any, labels: Any, scores: Any, warm: Any = None, n_boot: int
     without both labels gets NaN metrics and its counts (never an error).
     `n_boot=0` (the default: per-epoch validation needs no intervals) skips the
     bootstrap (intervals NaN); result tables pass n_boot=1000."""
-    y, s, u = _check(labels, scores, users)
+    y, s, u = _check_users(labels, scores, users)
     if not (isinstance(n_boot, (int, np.integer)) and not isinstance(n_boot, bool) and n_boot == 0):
         _check_boot(n_boot, seed, level)
     out: dict[str, float | int] = {"rows": len(y), "n_boot": int(n_boot), "level": float(level)}
@@ -387,7 +391,7 @@ def table(results: dict[str, dict], digits: int = 4, cols: tuple[str, ...] = tup
     return "\n".join(lines)
 
 
-def _signed(v: float, digits: int) -> str:
+def _signed(v: float | None, digits: int) -> str:
     return "—" if _isnan(v) else f"{v:+.{digits}f}"
 
 
@@ -396,7 +400,8 @@ def diff_table(diffs: dict[str, dict], digits: int = 3) -> str:
     (e.g. "BinLLM - text-only"): cells "+0.061 [+0.021, +0.100]" for the AUC and
     UAUC differences, the share of resamples <= 0, rows and users."""
     level = next((d["level"] for d in diffs.values() if "level" in d), 0.95)
-    head = f"| comparison (A - B, paired {level:.0%} bootstrap CI) | Δ AUC | share Δ≤0 | Δ UAUC | share Δ≤0 | rows | users |"
+    head = (f"| comparison (A - B, paired {level:.0%} bootstrap CI) | Δ AUC | share Δ≤0 | Δ UAUC | share Δ≤0 "
+            "| rows | users |")
     lines = [head, "|---|---|---|---|---|---|---|"]
     for name, d in diffs.items():
         cells = []

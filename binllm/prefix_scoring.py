@@ -25,7 +25,8 @@ first). :class:`PrefixScorer` runs that shared prefix once per group with
 from __future__ import annotations
 
 import inspect
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -195,7 +196,7 @@ class PrefixScorer:
         out = np.empty(len(ids), np.float32)
         keys, inv = np.unique(g, return_inverse=True)
         members = [np.flatnonzero(inv == k) for k in range(len(keys))]
-        scores = self.score_groups([[ids[i] for i in m] for m in members], progress)
+        scores = self.score_groups([[ids[int(i)] for i in m] for m in members], progress)
         for m, s in zip(members, scores):
             out[m] = s
         return out

@@ -69,7 +69,7 @@ class Progress:
             dt = time.perf_counter() - self._t0
             log(f"{self.desc}: {self.done}/{self.total} in {dt:.1f}s ({self.done / max(dt, 1e-9):.2f}/s)")
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:

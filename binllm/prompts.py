@@ -11,11 +11,16 @@ the C++ core (``CodeBook.strings``); filling a row is string concatenation.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .codebook import CodeBook
+    from .data import Prepared
 
 FIELDS = ("<ItemTitleList>", "<UserID>", "<TargetItemTitle>", "<TargetItemID>")
 CODE_FIELDS = ("<UserID>", "<TargetItemID>")
@@ -29,7 +34,7 @@ def packaged_template(kind: str, domain: str = "movie") -> str:
         raise ValueError(f"kind must be one of {KINDS}; got {kind!r}")
     if domain not in DOMAINS:
         raise ValueError(f"domain must be one of {DOMAINS}; got {domain!r}")
-    text = resources.files("binllm").joinpath("templates", f"{domain}_{kind}.txt").read_text(encoding="utf-8")
+    text = resources.files("binllm").joinpath("templates").joinpath(f"{domain}_{kind}.txt").read_text(encoding="utf-8")
     return text.strip().splitlines()[0]
 
 
@@ -89,12 +94,13 @@ class PromptBuilder:
         codebook: a :class:`binllm.codebook.CodeBook`; required when the template has code fields.
     """
 
-    def __init__(self, config: PromptConfig, titles: np.ndarray, codebook: Any = None):
+    def __init__(self, config: PromptConfig, titles: np.ndarray, codebook: CodeBook | None = None):
         self.config = config
         template = config.resolved()
         self._parts = re.split(r"(<[A-Za-z]+>)", template)
         self.titles = np.asarray(titles, dtype=object)
-        self.user_codes = self.item_codes = None
+        self.user_codes: list[str] | None = None
+        self.item_codes: list[str] | None = None
         if config.uses_codes:
             if codebook is None:
                 raise ValueError("this template has code fields (<UserID>/<TargetItemID>) but no codebook was given")
@@ -102,8 +108,8 @@ class PromptBuilder:
             self.item_codes = codebook.strings("item", config.code_style)
         self._quoted = np.array(['"' + str(t) + '"' for t in self.titles], dtype=object)
 
-    def build(self, uids: Sequence[int], iids: Sequence[int], histories: Sequence[np.ndarray],
-              n_titles: Sequence[int] | int | None = None) -> list[str]:
+    def build(self, uids: Sequence[int] | np.ndarray, iids: Sequence[int] | np.ndarray,
+              histories: Sequence[np.ndarray], n_titles: Sequence[int] | np.ndarray | int | None = None) -> list[str]:
         """Prompts for aligned rows; `n_titles` caps the history per row (default max_titles)."""
         uids, iids = np.asarray(uids), np.asarray(iids)
         if not (len(uids) == len(iids) == len(histories)):
@@ -125,13 +131,15 @@ class PromptBuilder:
                 elif p == "<TargetItemTitle>":
                     vals[p] = q[iids[r]]
                 elif p == "<UserID>":
+                    assert self.user_codes is not None  # code fields imply a codebook (checked in __init__)
                     vals[p] = self.user_codes[uids[r]]
                 elif p == "<TargetItemID>":
+                    assert self.item_codes is not None
                     vals[p] = self.item_codes[iids[r]]
             out.append("".join(vals.get(p, p) for p in self._parts))
         return out
 
-    def for_rows(self, prep: Any, rows: np.ndarray) -> tuple[list[str], np.ndarray]:
+    def for_rows(self, prep: Prepared, rows: np.ndarray) -> tuple[list[str], np.ndarray]:
         """Prompts and labels for row numbers of a prepared dataset."""
         r = prep.rows.iloc[rows]
         hist = prep.history(rows, self.config.max_titles if self.config.max_titles else None)

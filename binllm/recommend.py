@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -165,26 +166,16 @@ def _retrieve_ranked(order: np.ndarray, item_scores: np.ndarray, q: int, n: int,
 def _load_mf(run_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """MF user and item embeddings (float32 (slots, d) each) of the run's best MF state.
 
-    Uses ``binllm.hashing.load_best(out_dir)`` when the installed binllm has it,
-    else reads ``hash/mf/checkpoint.pt`` as :mod:`binllm.pipeline` does."""
-    import torch
-
+    Read with :func:`binllm.hashing.load_best` from ``hash/mf``."""
     from . import hashing
 
     mf_dir = Path(run_dir) / "hash" / "mf"
     if not (mf_dir / "checkpoint.pt").is_file():
         raise ValueError(f"run_dir {run_dir} has no MF checkpoint ({mf_dir / 'checkpoint.pt'}); "
                          "train it with `binllm pretrain --mf` or `binllm run`")
-    load_best = getattr(hashing, "load_best", None)
-    if load_best is not None:
-        obj = load_best(mf_dir)
-        model = obj[0] if isinstance(obj, tuple) else getattr(obj, "model", obj)
-        if isinstance(model, torch.nn.Module) and hasattr(model, "user_emb"):
-            return (model.user_emb.weight.detach().float().numpy().copy(),
-                    model.item_emb.weight.detach().float().numpy().copy())
-    ck = torch.load(mf_dir / "checkpoint.pt", weights_only=False, map_location="cpu")
-    state = ck["state"]["best_state"] or ck["model"]
-    return state["user_emb.weight"].float().numpy().copy(), state["item_emb.weight"].float().numpy().copy()
+    model = hashing.load_best(mf_dir)
+    return (model.user_emb.weight.detach().float().numpy().copy(),
+            model.item_emb.weight.detach().float().numpy().copy())
 
 
 def run_data_dir(run_dir: Path) -> Path:
@@ -501,7 +492,8 @@ def recommend(run_dir: str | os.PathLike, out: str | os.PathLike, users: Sequenc
 # ====================================================================== evaluation
 
 
-def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float, float]:
     """(mean, lower, upper): percentile bootstrap interval of the mean over users."""
     v = np.asarray(values, np.float64)
     if v.ndim != 1:
@@ -520,7 +512,8 @@ def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0, level: f
     return float(v.mean()), float(lo), float(hi)
 
 
-def list_metrics(items: np.ndarray, targets_off: np.ndarray, targets: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def list_metrics(items: np.ndarray, targets_off: np.ndarray, targets: np.ndarray,
+                 k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-user HR@k and NDCG@k (float64 (q,) each) of ranked item lists.
 
     Args:
@@ -537,7 +530,8 @@ def list_metrics(items: np.ndarray, targets_off: np.ndarray, targets: np.ndarray
     hit = (tk[pos] == ck) & (top > 0) if len(tk) else np.zeros_like(top, bool)
     disc = 1.0 / np.log2(np.arange(2, k + 2))
     idcg = np.cumsum(disc)[np.minimum(cnt, k) - 1]
-    return hit.any(axis=1).astype(np.float64), (hit * disc).sum(axis=1) / idcg
+    hit_rate = np.asarray(hit.any(axis=1), dtype=np.float64)
+    return hit_rate, np.asarray((hit * disc).sum(axis=1) / idcg, dtype=np.float64)
 
 
 def evaluate_lists(run_dir: str | os.PathLike, users: int | None = None, ks: Sequence[int] = (5, 10, 20),

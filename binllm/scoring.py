@@ -19,8 +19,9 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -58,8 +59,9 @@ def default_model_dir(progress: bool = True) -> Path:
     tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
     model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
     # The GGUF weights are dequantised on load; drop the GGUF tag so the plain weights can be saved.
-    model.hf_quantizer = None
-    model.is_quantized = False
+    # (transformers declares neither attribute, so mypy sees nn.Module's Tensor | Module __setattr__)
+    model.hf_quantizer = None  # type: ignore[assignment]
+    model.is_quantized = False  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -134,7 +136,8 @@ def load_llm(model: str = DEFAULT_MODEL, dtype: str = "auto", device: str = "aut
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face model folder")
     if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
-        raise FileNotFoundError(f"{path} has no tokenizer (tokenizer.json / tokenizer.model); save one beside the model")
+        raise FileNotFoundError(f"{path} has no tokenizer (tokenizer.json / tokenizer.model); "
+                                "save one beside the model")
     if not progress or not sys.stderr.isatty():
         # transformers draws a weight-loading bar per load; in logs it is only noise
         from transformers.utils import logging as hf_logging
@@ -146,7 +149,8 @@ def load_llm(model: str = DEFAULT_MODEL, dtype: str = "auto", device: str = "aut
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     lm = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype, dev))
-    return lm.to(dev), tok
+    # transformers' typed wrapper of `to` expects the model where torch takes a device string
+    return lm.to(dev), tok  # type: ignore[arg-type]
 
 
 def answer_token_ids(tokenizer: Any, yes: str = " Yes", no: str = " No") -> tuple[int, int]:

@@ -32,14 +32,15 @@ import os
 import shutil
 import time
 import zlib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import metrics
 from ._io import atomic_save, atomic_write_json, atomic_write_text
-from .progress import Progress, log
+from .progress import log
 
 if TYPE_CHECKING:  # heavy imports only for type checkers
     from .codebook import CodeBook
@@ -63,7 +64,7 @@ def _same(a: object, b: object) -> bool:
     return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
-def sample_rows(prep: "Prepared", split: str, n: int | None, seed: int = 0) -> np.ndarray:
+def sample_rows(prep: Prepared, split: str, n: int | None, seed: int = 0) -> np.ndarray:
     """Row numbers of a uniform sample of `n` rows of `split` (all rows when n is None
     or larger), sorted. The same (dataset, split, n, seed) always gives the same rows,
     whatever other samples were drawn, so every stage and machine agrees on them."""
@@ -88,7 +89,7 @@ def _dist() -> tuple[int, int]:
 
 def prepare(out: str | os.PathLike, source: str = "ml-100k", path: str | None = None, meta: str | None = None,
             protocol: str | None = None, columns: str | None = None, history_len: int | None = None,
-            missing_titles: str | None = None, trust_pickles: bool = False, progress: bool = True) -> "Prepared":
+            missing_titles: str | None = None, trust_pickles: bool = False, progress: bool = True) -> Prepared:
     """Reads a dataset, applies its protocol and writes the prepared folder `out`.
 
     Skipped (the folder is loaded) when `out` already holds a prepared dataset.
@@ -131,8 +132,8 @@ def prepare(out: str | os.PathLike, source: str = "ml-100k", path: str | None = 
 # ---------------------------------------------------------------------------- pretrain
 
 
-def pretrain(data_dir: str | os.PathLike, out: str | os.PathLike, cfg: "HashConfig",
-             mf_cfg: "HashConfig | None" = None, resume: bool = True, progress: bool = True) -> dict:
+def pretrain(data_dir: str | os.PathLike, out: str | os.PathLike, cfg: HashConfig,
+             mf_cfg: HashConfig | None = None, resume: bool = True, progress: bool = True) -> dict:
     """Trains the hash model (and the MF baseline when `mf_cfg` is given) on a
     prepared dataset; writes ``out/codebook.safetensors`` and ``out/metrics.json``.
 
@@ -168,7 +169,7 @@ def pretrain(data_dir: str | os.PathLike, out: str | os.PathLike, cfg: "HashConf
             m = hashing.evaluate(res.model, te)
             m.update(best_epoch=res.best_epoch, epochs=res.epochs_run, valid_auc=res.best_valid_auc,
                      seconds=res.seconds, seconds_per_epoch=res.seconds / max(res.epochs_run, 1))
-            if name == "hash":
+            if isinstance(res.model, hashing.HashModel):  # name == "hash"
                 cb = CodeBook.from_model(res.model, prep, dataclasses.asdict(c), m)
                 for side in ("user", "item"):
                     codes = cb.user_codes[1:] if side == "user" else cb.item_codes[1:]
@@ -184,7 +185,7 @@ def pretrain(data_dir: str | os.PathLike, out: str | os.PathLike, cfg: "HashConf
 # ---------------------------------------------------------------------------- tune
 
 
-def _prompt_sets(prep: "Prepared", cb: "CodeBook | None", pc: "PromptConfig", tok: object,
+def _prompt_sets(prep: Prepared, cb: CodeBook | None, pc: PromptConfig, tok: object,
                  splits: dict[str, np.ndarray], max_length: int) -> dict:
     """Tokenized prompts (with labels and users) of row-number samples."""
     from . import scoring, tuning
@@ -206,15 +207,15 @@ def _prompt_sets(prep: "Prepared", cb: "CodeBook | None", pc: "PromptConfig", to
     return res
 
 
-def _prompt_config(prep: "Prepared", kind: str, code_style: str, max_titles: int, domain: str | None,
-                   template: str | None = None) -> "PromptConfig":
+def _prompt_config(prep: Prepared, kind: str, code_style: str, max_titles: int, domain: str | None,
+                   template: str | None = None) -> PromptConfig:
     from .prompts import PromptConfig
 
     return PromptConfig(kind=kind, domain=domain or dataset_domain(prep), code_style=code_style,
                         max_titles=max_titles, template=template)
 
 
-def dataset_domain(prep: "Prepared") -> str:
+def dataset_domain(prep: Prepared) -> str:
     """'movie' or 'book': the prompt wording the dataset's metadata asks for."""
     dom = getattr(prep, "domain", None)
     if isinstance(dom, str):
@@ -223,7 +224,7 @@ def dataset_domain(prep: "Prepared") -> str:
     return "book" if "amazon" in name or "book" in name else "movie"
 
 
-def _load_codebook(path: str | os.PathLike | None, prep: "Prepared", needed: bool) -> "CodeBook | None":
+def _load_codebook(path: str | os.PathLike | None, prep: Prepared, needed: bool) -> CodeBook | None:
     from .codebook import CodeBook
 
     if path is None:
@@ -235,7 +236,7 @@ def _load_codebook(path: str | os.PathLike | None, prep: "Prepared", needed: boo
     return cb
 
 
-def tune(data_dir: str | os.PathLike, out: str | os.PathLike, prompt: "PromptConfig", cfg: "TuneConfig",
+def tune(data_dir: str | os.PathLike, out: str | os.PathLike, prompt: PromptConfig, cfg: TuneConfig,
          codebook: str | os.PathLike | None = None, model: str = "smollm2", device: str = "auto",
          dtype: str = "auto", init_adapter: str | os.PathLike | None = None, train_rows: int | None = None,
          valid_rows: int | None = None, seed: int = 0, max_length: int = 1024, progress: bool = True) -> Path:
@@ -328,7 +329,7 @@ def write_scores(path: str | os.PathLike, rows: np.ndarray, scores: np.ndarray, 
     return p
 
 
-def baseline_scores(prep: "Prepared", method: str, rows: np.ndarray, codebook: str | os.PathLike | None = None,
+def baseline_scores(prep: Prepared, method: str, rows: np.ndarray, codebook: str | os.PathLike | None = None,
                     hash_dir: str | os.PathLike | None = None) -> np.ndarray:
     """Scores of a non-LLM method on row numbers: 'binmf' (the code book's +-1
     inner products), 'mf' (the MF baseline's best state, from `hash_dir`) or
@@ -363,7 +364,7 @@ def baseline_scores(prep: "Prepared", method: str, rows: np.ndarray, codebook: s
 def score(data_dir: str | os.PathLike, out: str | os.PathLike, method: str = "llm", split: str = "test",
           rows: int | None = None, seed: int = 0, model: str = "smollm2", adapter: str | os.PathLike | None = None,
           codebook: str | os.PathLike | None = None, hash_dir: str | os.PathLike | None = None,
-          prompt: "PromptConfig | None" = None, device: str = "auto", dtype: str = "auto", batch_size: int = 16,
+          prompt: PromptConfig | None = None, device: str = "auto", dtype: str = "auto", batch_size: int = 16,
           max_length: int = 1024, progress: bool = True) -> np.ndarray | None:
     """Scores a split (or a sample of `rows` rows of it) and writes the score file `out`.
 
@@ -407,8 +408,8 @@ def score(data_dir: str | os.PathLike, out: str | os.PathLike, method: str = "ll
     return s_all
 
 
-def _score_llm(prep: "Prepared", r: np.ndarray, model: str, adapter: str | os.PathLike | None,
-               codebook: str | os.PathLike | None, prompt: "PromptConfig | None", device: str, dtype: str,
+def _score_llm(prep: Prepared, r: np.ndarray, model: str, adapter: str | os.PathLike | None,
+               codebook: str | os.PathLike | None, prompt: PromptConfig | None, device: str, dtype: str,
                batch_size: int, max_length: int, progress: bool, meta: dict) -> np.ndarray | None:
     from . import scoring, threads
     from .prompts import PromptConfig
@@ -472,7 +473,7 @@ def _score_llm(prep: "Prepared", r: np.ndarray, model: str, adapter: str | os.Pa
 # ---------------------------------------------------------------------------- evaluate
 
 
-def evaluate(data_dir: str | os.PathLike, score_files: dict[str, str | os.PathLike] | Sequence[str | os.PathLike],
+def evaluate(data_dir: str | os.PathLike, score_files: Mapping[str, str | os.PathLike] | Sequence[str | os.PathLike],
              out: str | os.PathLike | None = None, pairs: Sequence[tuple[str, str]] = (), popularity: bool = True,
              n_boot: int = 1000, seed: int = 0, title: str | None = None, notes: Sequence[str] = ()) -> dict:
     """Metrics of any set of score files on the same rows, with 95% bootstrap intervals.
@@ -484,7 +485,7 @@ def evaluate(data_dir: str | os.PathLike, score_files: dict[str, str | os.PathLi
     out.png atomically. Returns the result dict."""
     from . import data
 
-    files = dict(score_files) if isinstance(score_files, dict) else {Path(f).stem: f for f in score_files}
+    files = dict(score_files) if isinstance(score_files, Mapping) else {Path(f).stem: f for f in score_files}
     if not files:
         raise StageError("evaluate needs at least one score file")
     prep = data.load_prepared(data_dir)

@@ -15,40 +15,70 @@ malformed code). CUDA codes are copied to the host once
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal, overload
 
 import numpy as np
 
 from . import _backend, _core
+from ._types import ArrayT, TextBuffer, TextOut, Texts, TextStyle
 
-def _host_codes(codes: Any) -> np.ndarray:
+if TYPE_CHECKING:
+    import torch
+
+
+def _host_codes(codes: np.ndarray | torch.Tensor) -> np.ndarray:
     if _backend.is_torch(codes) and _backend.device_of("codes", codes) != "cpu":
         codes = codes.detach().cpu()
     arr, _ = _backend.host_view("codes", codes)
     return arr
 
 
-def to_bits(codes: Any, d: int, out: str = "list") -> Any:
+@overload
+def to_bits(codes: ArrayT, d: int, out: Literal["list"] = ...) -> list[str]: ...
+@overload
+def to_bits(codes: ArrayT, d: int, out: Literal["array"]) -> np.ndarray: ...
+@overload
+def to_bits(codes: ArrayT, d: int, out: Literal["buffer"]) -> TextBuffer: ...
+@overload
+def to_bits(codes: ArrayT, d: int, out: TextOut) -> Texts: ...
+def to_bits(codes: ArrayT, d: int, out: TextOut = "list") -> Texts:
     """Bit strings of packed codes (n, ceil(d/8)): d characters each."""
     return _core.format_bits(_host_codes(codes), d, out)
 
 
-def to_dotted(codes: Any, d: int, out: str = "list") -> Any:
+@overload
+def to_dotted(codes: ArrayT, d: int, out: Literal["list"] = ...) -> list[str]: ...
+@overload
+def to_dotted(codes: ArrayT, d: int, out: Literal["array"]) -> np.ndarray: ...
+@overload
+def to_dotted(codes: ArrayT, d: int, out: Literal["buffer"]) -> TextBuffer: ...
+@overload
+def to_dotted(codes: ArrayT, d: int, out: TextOut) -> Texts: ...
+def to_dotted(codes: ArrayT, d: int, out: TextOut = "list") -> Texts:
     """Dotted-decimal strings of packed codes (n, ceil(d/8)): ceil(d/8) numbers each."""
     return _core.format_dotted(_host_codes(codes), d, out)
 
 
-def from_bits(texts: Sequence[str] | np.ndarray, d: int) -> np.ndarray:
+def from_bits(texts: Sequence[str] | Sequence[bytes] | np.ndarray, d: int) -> np.ndarray:
     """Parses bit strings (list of str/bytes, or numpy 'S'/'U' array) into uint8 (n, ceil(d/8))."""
     return _core.parse_bits(texts, d)
 
 
-def from_dotted(texts: Sequence[str] | np.ndarray, d: int) -> np.ndarray:
+def from_dotted(texts: Sequence[str] | Sequence[bytes] | np.ndarray, d: int) -> np.ndarray:
     """Parses dotted-decimal strings into uint8 (n, ceil(d/8))."""
     return _core.parse_dotted(texts, d)
 
 
-def format_codes(codes: Any, d: int, style: str, out: str = "list") -> Any:
+@overload
+def format_codes(codes: ArrayT, d: int, style: TextStyle, out: Literal["list"] = ...) -> list[str]: ...
+@overload
+def format_codes(codes: ArrayT, d: int, style: TextStyle, out: Literal["array"]) -> np.ndarray: ...
+@overload
+def format_codes(codes: ArrayT, d: int, style: TextStyle, out: Literal["buffer"]) -> TextBuffer: ...
+@overload
+def format_codes(codes: ArrayT, d: int, style: TextStyle, out: TextOut) -> Texts: ...
+def format_codes(codes: ArrayT, d: int, style: TextStyle, out: TextOut = "list") -> Texts:
     """``to_bits`` for style 'bits', ``to_dotted`` for style 'dotted'."""
     if style == "bits":
         return to_bits(codes, d, out)

@@ -39,7 +39,7 @@ import contextlib
 import os
 import sys
 import warnings
-from typing import Iterator
+from collections.abc import Iterator
 
 KINDS: tuple[str, ...] = ("hash", "data", "llm", "kernels")
 ENV_VAR = "BINLLM_STAGE_THREADS"

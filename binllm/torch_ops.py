@@ -42,9 +42,12 @@ module imports torch; ``import binllm`` does not import it.
 """
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 from . import codes as _codes
+from ._types import OutDtype, UnpackDtype
 
 __all__ = ["dot_all", "hamming_all", "pack_signs", "sign_ste", "topk", "unpack_signs"]
 
@@ -141,12 +144,12 @@ def pack_signs(x: torch.Tensor) -> torch.Tensor:
 
 @torch.library.custom_op("binllm::unpack_signs", mutates_args=(), device_types="cpu")
 def _unpack_signs(codes: torch.Tensor, d: int, dtype: str) -> torch.Tensor:
-    return _codes.unpack_signs(codes, d, dtype)
+    return _codes.unpack_signs(codes, d, cast(UnpackDtype, dtype))  # str in the op schema
 
 
 @_unpack_signs.register_kernel("cuda")
 def _unpack_signs_cuda(codes: torch.Tensor, d: int, dtype: str) -> torch.Tensor:
-    return _codes.unpack_signs(codes, d, dtype)
+    return _codes.unpack_signs(codes, d, cast(UnpackDtype, dtype))  # str in the op schema
 
 
 @_unpack_signs.register_fake
@@ -173,22 +176,22 @@ def unpack_signs(codes: torch.Tensor, d: int, dtype: str = "float32") -> torch.T
 
 @torch.library.custom_op("binllm::dot_all", mutates_args=(), device_types="cpu")
 def _dot_all(a: torch.Tensor, b: torch.Tensor, d: int, out_dtype: str) -> torch.Tensor:
-    return _codes.dot_all(a, b, d, out_dtype)
+    return _codes.dot_all(a, b, d, cast(OutDtype, out_dtype))  # str in the op schema
 
 
 @_dot_all.register_kernel("cuda")
 def _dot_all_cuda(a: torch.Tensor, b: torch.Tensor, d: int, out_dtype: str) -> torch.Tensor:
-    return _codes.dot_all(a, b, d, out_dtype)
+    return _codes.dot_all(a, b, d, cast(OutDtype, out_dtype))  # str in the op schema
 
 
 @torch.library.custom_op("binllm::hamming_all", mutates_args=(), device_types="cpu")
 def _hamming_all(a: torch.Tensor, b: torch.Tensor, d: int, out_dtype: str) -> torch.Tensor:
-    return _codes.hamming_all(a, b, d, out_dtype)
+    return _codes.hamming_all(a, b, d, cast(OutDtype, out_dtype))  # str in the op schema
 
 
 @_hamming_all.register_kernel("cuda")
 def _hamming_all_cuda(a: torch.Tensor, b: torch.Tensor, d: int, out_dtype: str) -> torch.Tensor:
-    return _codes.hamming_all(a, b, d, out_dtype)
+    return _codes.hamming_all(a, b, d, cast(OutDtype, out_dtype))  # str in the op schema
 
 
 def _all_fake(a: torch.Tensor, b: torch.Tensor, d: int, out_dtype: str) -> torch.Tensor:

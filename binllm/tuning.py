@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -188,8 +189,9 @@ def tune(base_model: Any, tokenizer: Any, train: PromptSet, valid: PromptSet, cf
                                                       target_modules=list(cfg.target_modules), task_type="CAUSAL_LM"))
     if use_cpu is None:
         use_cpu = not torch.cuda.is_available()
+    ckpt_dir = out / "checkpoints"
     args = TrainingArguments(
-        output_dir=str(out / "checkpoints"), per_device_train_batch_size=cfg.batch_size,
+        output_dir=str(ckpt_dir), per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.eval_batch_size, gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.lr, weight_decay=cfg.weight_decay, lr_scheduler_type="cosine",
         warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps, eval_strategy="steps", eval_steps=cfg.eval_steps,
@@ -212,7 +214,7 @@ def tune(base_model: Any, tokenizer: Any, train: PromptSet, valid: PromptSet, cf
         data_collator=_Collator(tokenizer.pad_token_id), compute_metrics=_compute_metrics,
         callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience), _LogEvaluations()],
         yes_id=yes_id, no_id=no_id, loss_kind=cfg.loss)
-    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
     trainer.train(resume_from_checkpoint=last)
     history = [h for h in trainer.state.log_history if "eval_auc" in h]
     adapter = out / "adapter"

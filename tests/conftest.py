@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 
-import binllm
 from binllm import _core
 
 DIMS = [1, 7, 8, 9, 31, 32, 33, 63, 64, 65, 127, 128, 129, 1000]

@@ -159,7 +159,8 @@ def test_stage_commands_tune_score_evaluate(pretrained: Path, prepared: Path, ti
     assert run_cli("tune", *common, "--out", tmp_path / "x", "--kind", "codes", *tune) == 2
     assert "code book" in capsys.readouterr().err
     files = {}
-    for name, extra in (("text", ["--adapter", text_adapter]), ("binllm", ["--adapter", tmp_path / "codes" / "adapter"]),
+    for name, extra in (("text", ["--adapter", text_adapter]),
+                        ("binllm", ["--adapter", tmp_path / "codes" / "adapter"]),
                         ("binmf", ["--method", "binmf", "--codebook", cb]),
                         ("mf", ["--method", "mf", "--hash-dir", pretrained])):
         f = tmp_path / f"{name}.npz"
@@ -231,7 +232,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_torchrun_two_processes_tune_then_score(prepared: Path, pretrained: Path, tiny: Path, tmp_path):
+@pytest.mark.usefixtures("pretrained")
+def test_torchrun_two_processes_tune_then_score(prepared: Path, tiny: Path, tmp_path):
     """2 gloo processes: both ranks step in tune; sharded scores gathered on rank 0 equal a 1-process run."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}

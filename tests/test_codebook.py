@@ -125,7 +125,7 @@ def test_save_refuses_a_folder_and_keeps_old_file_on_failure(tmp_path, monkeypat
     before = p.read_bytes()
     import safetensors.numpy
 
-    def boom(*a, **k):
+    def boom(*_args, **_kwargs):
         raise OSError("disk full")
 
     monkeypatch.setattr(safetensors.numpy, "save", boom)

@@ -9,14 +9,15 @@ from binllm import _core
 from conftest import DIMS, NS, random_codes, ref_pack
 
 
-def ref_hamming_all(a, b, d):
+def ref_hamming_all(a, b):
     x = np.bitwise_xor(a[:, None, :], b[None, :, :])
     return np.bitwise_count(x).sum(axis=2, dtype=np.int64)
 
 
+@pytest.mark.usefixtures("variant")
 @pytest.mark.parametrize("d", DIMS)
 @pytest.mark.parametrize("n", NS)
-def test_pack_matches_packbits(variant, rng, n, d):
+def test_pack_matches_packbits(rng, n, d):
     x = rng.standard_normal((n, d)).astype(np.float32)
     x[rng.random((n, d)) < 0.05] = 0.0
     x[rng.random((n, d)) < 0.05] = -0.0
@@ -25,29 +26,33 @@ def test_pack_matches_packbits(variant, rng, n, d):
     np.testing.assert_array_equal(got, ref_pack(x))
 
 
+@pytest.mark.usefixtures("variant")
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 @pytest.mark.parametrize("d", [1, 9, 32, 33, 64, 100, 256, 1000])
-def test_pack_dtypes(variant, rng, dtype, d):
+def test_pack_dtypes(rng, dtype, d):
     x = (rng.standard_normal((37, d)) * 3).astype(dtype)
     x[:, ::5] = 0
     x[:, 1::7] = -np.zeros(1, dtype)
     np.testing.assert_array_equal(binllm.pack_signs(x), ref_pack(x))
 
 
-def test_pack_float64_tiny_negative_stays_negative(variant):
+@pytest.mark.usefixtures("variant")
+def test_pack_float64_tiny_negative_stays_negative():
     x = np.array([[-1e-300, 1e-300, -0.0, 0.0, -np.inf, np.inf, -5e-324, 5e-324]])
     np.testing.assert_array_equal(binllm.pack_signs(x), [[0b01110101]])
     # in float32 the tiny values round to signed zeros, which are +1
     np.testing.assert_array_equal(binllm.pack_signs(x.astype(np.float32)), [[0b11110111]])
 
 
-def test_pack_float16_subnormal_and_zero(variant):
+@pytest.mark.usefixtures("variant")
+def test_pack_float16_subnormal_and_zero():
     x = np.array([[-6e-8, 6e-8, -0.0, 0.0, -65504, 65504, -np.inf, np.inf, 1, -1]], dtype=np.float16)
     np.testing.assert_array_equal(binllm.pack_signs(x), ref_pack(x.astype(np.float64)))
 
 
+@pytest.mark.usefixtures("variant")
 @pytest.mark.parametrize("d", [5, 32, 77, 256])
-def test_pack_torch_bfloat16_and_back(variant, rng, d):
+def test_pack_torch_bfloat16_and_back(d):
     t = torch.randn(50, d).to(torch.bfloat16)
     t[:, 0] = 0.0
     t[:, 1] = -0.0
@@ -59,8 +64,9 @@ def test_pack_torch_bfloat16_and_back(variant, rng, d):
     assert torch.equal(back, torch.where(t >= 0, 1.0, -1.0).to(torch.bfloat16))
 
 
+@pytest.mark.usefixtures("variant")
 @pytest.mark.parametrize("d", [7, 64, 129])
-def test_pack_non_contiguous(variant, rng, d):
+def test_pack_non_contiguous(rng, d):
     base = rng.standard_normal((40, 2 * d)).astype(np.float32)
     for x in (base[:, ::2], base[::3, :d], base[:, :d].T.copy().T, base[::-1, d:]):
         np.testing.assert_array_equal(binllm.pack_signs(x), ref_pack(x))
@@ -68,9 +74,10 @@ def test_pack_non_contiguous(variant, rng, d):
     np.testing.assert_array_equal(binllm.pack_signs(xt).numpy(), ref_pack(xt.numpy()))
 
 
+@pytest.mark.usefixtures("variant")
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 @pytest.mark.parametrize("where", [(0, 0), (3, 31), (5, 40), (6, 64)])
-def test_pack_nan_names_first_position(variant, rng, dtype, where):
+def test_pack_nan_names_first_position(rng, dtype, where):
     x = rng.standard_normal((8, 65)).astype(dtype)
     x[where] = np.nan
     x[7, 2] = np.nan
@@ -86,9 +93,10 @@ def test_pack_nan_many_threads(rng):
         binllm.pack_signs(x)
 
 
+@pytest.mark.usefixtures("variant")
 @pytest.mark.parametrize("d", DIMS)
 @pytest.mark.parametrize("n", [0, 1, 17])
-def test_unpack(variant, rng, n, d):
+def test_unpack(rng, n, d):
     c = random_codes(rng, n, d)
     bits = np.unpackbits(c, axis=1, count=d)
     np.testing.assert_array_equal(binllm.unpack_bits(c, d), bits)
@@ -98,15 +106,17 @@ def test_unpack(variant, rng, n, d):
         np.testing.assert_array_equal(got, 2 * bits.astype(dt) - 1)
 
 
+@pytest.mark.usefixtures("variant")
 @pytest.mark.parametrize("d", DIMS)
-def test_pack_unpack_roundtrip(variant, rng, d):
+def test_pack_unpack_roundtrip(rng, d):
     c = random_codes(rng, 33, d)
     np.testing.assert_array_equal(binllm.pack_signs(binllm.unpack_signs(c, d)), c)
 
 
+@pytest.mark.usefixtures("variant")
 @pytest.mark.parametrize("d", DIMS)
 @pytest.mark.parametrize("n", NS)
-def test_pair_scores(variant, rng, n, d):
+def test_pair_scores(rng, n, d):
     a, b = random_codes(rng, n, d), random_codes(rng, n, d)
     ham = np.bitwise_count(a ^ b).sum(axis=1, dtype=np.int64)
     np.testing.assert_array_equal(binllm.hamming_rows(a, b, d), ham)
@@ -115,11 +125,12 @@ def test_pair_scores(variant, rng, n, d):
     np.testing.assert_array_equal(binllm.dot_rows(a, b, d), (ua * ub).sum(axis=1))
 
 
+@pytest.mark.usefixtures("variant")
 @pytest.mark.parametrize("d", DIMS)
 @pytest.mark.parametrize("n,m", [(0, 5), (5, 0), (1, 1), (2, 17), (17, 1000), (3, 1031)])
-def test_all_scores(variant, rng, n, m, d):
+def test_all_scores(rng, n, m, d):
     a, b = random_codes(rng, n, d), random_codes(rng, m, d)
-    ham = ref_hamming_all(a, b, d)
+    ham = ref_hamming_all(a, b)
     np.testing.assert_array_equal(binllm.hamming_all(a, b, d), ham)
     np.testing.assert_array_equal(binllm.dot_all(a, b, d), d - 2 * ham)
     s16 = binllm.dot_all(a, b, d, out_dtype="int16")
@@ -128,24 +139,28 @@ def test_all_scores(variant, rng, n, m, d):
     np.testing.assert_array_equal(binllm.hamming_all(a, b, d, out_dtype="int16"), ham)
 
 
-def test_all_scores_large_tiles(variant, rng):
+@pytest.mark.usefixtures("variant")
+def test_all_scores_large_tiles(rng):
     # several row and item tiles, and enough work for threads
     for d in (32, 64, 200):
         a, b = random_codes(rng, 130, d), random_codes(rng, 9000, d)
-        np.testing.assert_array_equal(binllm.dot_all(a, b, d), d - 2 * ref_hamming_all(a, b, d))
+        np.testing.assert_array_equal(binllm.dot_all(a, b, d), d - 2 * ref_hamming_all(a, b))
 
 
-def test_scores_non_contiguous_rows(variant, rng):
+@pytest.mark.usefixtures("variant")
+def test_scores_non_contiguous_rows(rng):
     d = 64
     a, b = random_codes(rng, 40, d), random_codes(rng, 60, d)
     a2, b2 = a[::2], b[1::3]
-    np.testing.assert_array_equal(binllm.dot_all(a2, b2, d), d - 2 * ref_hamming_all(a2, b2, d))
-    np.testing.assert_array_equal(binllm.dot_rows(a2, b2[:20], d), d - 2 * np.bitwise_count(a2 ^ b2[:20]).sum(1, dtype=np.int64))
+    np.testing.assert_array_equal(binllm.dot_all(a2, b2, d), d - 2 * ref_hamming_all(a2, b2))
+    np.testing.assert_array_equal(binllm.dot_rows(a2, b2[:20], d),
+                                  d - 2 * np.bitwise_count(a2 ^ b2[:20]).sum(1, dtype=np.int64))
     a3 = np.asfortranarray(a)
     np.testing.assert_array_equal(binllm.dot_all(np.ascontiguousarray(a3), b, d), binllm.dot_all(a, b, d))
 
 
-def test_scores_exact_extremes(variant):
+@pytest.mark.usefixtures("variant")
+def test_scores_exact_extremes():
     d = 65
     ones = ref_pack(np.ones((1, d)))
     zeros = ref_pack(-np.ones((1, d)))
@@ -155,15 +170,16 @@ def test_scores_exact_extremes(variant):
 
 
 def ref_topk(q, items, d, k):
-    s = d - 2 * ref_hamming_all(q, items, d)
+    s = d - 2 * ref_hamming_all(q, items)
     # best first, ties to the lower index: stable sort on -score
     order = np.argsort(-s, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(s, order, axis=1), order
 
 
+@pytest.mark.usefixtures("variant")
 @pytest.mark.parametrize("d", DIMS)
 @pytest.mark.parametrize("n,m,k", [(0, 5, 3), (1, 1, 1), (2, 17, 5), (17, 1000, 10), (3, 3000, 100), (4, 50, 50)])
-def test_topk(variant, rng, n, m, k, d):
+def test_topk(rng, n, m, k, d):
     q, items = random_codes(rng, n, d), random_codes(rng, m, d)
     s, i = binllm.topk(q, items, d, k)
     rs, ri = ref_topk(q, items, d, k)
@@ -172,7 +188,8 @@ def test_topk(variant, rng, n, m, k, d):
     np.testing.assert_array_equal(i, ri)
 
 
-def test_topk_heavy_ties(variant, rng):
+@pytest.mark.usefixtures("variant")
+def test_topk_heavy_ties(rng):
     # learned codes repeat a lot: only 4 distinct items among 5000
     d = 32
     base = random_codes(rng, 4, d)
@@ -185,7 +202,7 @@ def test_topk_heavy_ties(variant, rng):
         np.testing.assert_array_equal(i, ri)
 
 
-def test_torch_in_torch_out(rng):
+def test_torch_in_torch_out():
     d = 40
     x = torch.randn(9, d)
     c = binllm.pack_signs(x)
@@ -230,7 +247,7 @@ def test_all_scores_into_out_buffer(rng):
         buf = np.full((7, 9), 99, dtype=dt)
         got = binllm.dot_all(a, b, d, out_dtype=dt, out=buf)
         assert got is buf
-        np.testing.assert_array_equal(buf, d - 2 * ref_hamming_all(a, b, d))
+        np.testing.assert_array_equal(buf, d - 2 * ref_hamming_all(a, b))
     t = torch.zeros(7, 9, dtype=torch.int32)
     assert binllm.hamming_all(torch.from_numpy(a), torch.from_numpy(b), d, out=t) is t
-    np.testing.assert_array_equal(t.numpy(), ref_hamming_all(a, b, d))
+    np.testing.assert_array_equal(t.numpy(), ref_hamming_all(a, b))

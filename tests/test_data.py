@@ -374,4 +374,4 @@ def test_domain_of_old_folders(tmp_path):
     prep.meta["protocol"]["name"] = "amazon-book"
     prep.save(tmp_path / "old")
     with pytest.raises(DataError, match="--domain movie or --domain book"):
-        data.load_prepared(tmp_path / "old").domain
+        _ = data.load_prepared(tmp_path / "old").domain

@@ -131,7 +131,7 @@ def test_f13_pickles_need_trust(tmp_path):
     assert prep.rows["flag"].tolist() == [-1, -1, 0, 1] and prep.domain == "movie"
     assert prep.meta["protocol_name"] == "reference"
     with pytest.raises(DataError, match="does not record its item domain"):
-        data.read_reference_pickles(folder, trust_pickles=True).domain
+        _ = data.read_reference_pickles(folder, trust_pickles=True).domain
 
 
 @pytest.mark.parametrize("payload", ["system", "eval", "popen", "in_frame"])
@@ -188,7 +188,7 @@ def test_f14_one_timestamp_gives_empty_train(tmp_path):
     (-3.0, r"rating -3.0 of row 3 \(user 'u3', item 'i3'\) is outside the range \[0, 5\] of protocol 'ml-100k'"),
     (1e9, "rating 1000000000.0 of row 3 .*outside the range"),
 ])
-def test_f14_bad_ratings_name_the_row(tmp_path, bad, match):
+def test_f14_bad_ratings_name_the_row(bad, match):
     frame = pd.DataFrame({"user": [f"u{k}" for k in range(6)], "item": [f"i{k}" for k in range(6)],
                           "rating": [4.0, 5, 1, bad, 2, 3], "timestamp": np.arange(6) * 1000})
     r = data.Ratings(frame, pd.Series({f"i{k}": "t" for k in range(6)}), "hand")
@@ -196,7 +196,7 @@ def test_f14_bad_ratings_name_the_row(tmp_path, bad, match):
         data.prepare(r, "ml-100k")
 
 
-def test_f14_rating_range_is_a_protocol_setting(tmp_path):
+def test_f14_rating_range_is_a_protocol_setting():
     frame = pd.DataFrame({"user": ["a"] * 8 + ["b"] * 8, "item": [f"i{k % 4}" for k in range(16)],
                           "rating": [8.0, 2] * 8, "timestamp": np.arange(16) * 1000})
     r = data.Ratings(frame, pd.Series({f"i{k}": "t" for k in range(4)}), "hand")

@@ -176,5 +176,6 @@ def run_pack_fuzz(seed: int, cases: int) -> int:
     return nan_cases
 
 
-def test_fuzz_pack_signs(variant):
+@pytest.mark.usefixtures("variant")
+def test_fuzz_pack_signs():
     assert run_pack_fuzz(seed=21, cases=200) > 20

@@ -140,7 +140,7 @@ def test_resuming_a_finished_run_trains_nothing(prep, tmp_path):
 
 def test_one_log_line_per_round_without_bar(prep, capsys):
     hashing.train(prep, small_cfg(max_epochs=3), None, progress=False)
-    lines = [l for l in capsys.readouterr().err.splitlines() if l.startswith("train hash: epoch")]
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("train hash: epoch")]
     assert len(lines) == 3 and "valid_auc" in lines[0] and "bit_entropy" in lines[0]
     hashing.train(prep, small_cfg(max_epochs=2), None, progress=False, log=False)
     assert "train hash" not in capsys.readouterr().err

@@ -69,14 +69,15 @@ def test_failure_mid_write_keeps_old_file_and_removes_temp(tmp_path):
 
 def test_writer_that_writes_nothing_and_folder_destination(tmp_path):
     with pytest.raises(ValueError, match="did not create a file"):
-        _io.atomic_save(tmp_path / "x.bin", lambda p: None)
+        _io.atomic_save(tmp_path / "x.bin", lambda _path: None)
     (tmp_path / "d").mkdir()
     with pytest.raises(ValueError, match="is a folder"):
         _io.atomic_write_text(tmp_path / "d", "x")
     assert listing(tmp_path) == ["d"]
 
 
-def test_umask_honoured(tmp_path, umask_022):
+@pytest.mark.usefixtures("umask_022")
+def test_umask_honoured(tmp_path):
     _io.atomic_write_text(tmp_path / "f.txt", "x")
     with _io.atomic_dir(tmp_path / "folder", kind="test") as d:
         (d / "inner.txt").write_text("y")

@@ -113,8 +113,8 @@ def prompt_set(tok, n=48, seed=0):
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 2, n)
     # the label is readable from the prompt, so a few steps can learn it
-    ps = [f'#Question: "{"Alpha (1999)" if l else "Beta (2000)"}"? Answer with "Yes" or "No". \n#Answer:'
-          for l in labels]
+    ps = [f'#Question: "{"Alpha (1999)" if y else "Beta (2000)"}"? Answer with "Yes" or "No". \n#Answer:'
+          for y in labels]
     return tuning.PromptSet(scoring.tokenize(tok, ps), labels, rng.integers(1, 5, n))
 
 
@@ -188,7 +188,9 @@ res = tuning.tune(model, tok, s, s, cfg, out, progress=False)
 rank = int(os.environ["RANK"])
 import torch.distributed as dist
 with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
-    json.dump({"world": dist.get_world_size() if dist.is_initialized() else 1, "backend": dist.get_backend() if dist.is_initialized() else None, "steps": [h["step"] for h in res.history]}, f)
+    json.dump({"world": dist.get_world_size() if dist.is_initialized() else 1,
+               "backend": dist.get_backend() if dist.is_initialized() else None,
+               "steps": [h["step"] for h in res.history]}, f)
 '''
 
 

@@ -7,13 +7,13 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from test_prefix_scoring import shared_tiny_llm
 
 import binllm
-from binllm import data, hashing, recommend as rc, scoring, tuning
+from binllm import data, hashing, scoring, tuning
+from binllm import recommend as rc
 from binllm.codebook import CodeBook
 from binllm.prompts import PromptBuilder, PromptConfig
-
-from test_prefix_scoring import shared_tiny_llm
 
 N_USERS, N_ITEMS = 24, 40
 
@@ -139,7 +139,8 @@ def test_recommend_files_and_rerank(rec, run_dir, tmp_path):
     users = ["U105", "U100", "U102"]  # raw ids of the input data
     out = rc.recommend(run_dir, tmp_path / "recs.jsonl", users=users, n=8, k=4, progress=False, device="cpu")
     lines = [json.loads(x) for x in out.read_text().splitlines()]
-    assert [x["user"] for x in lines[::4]] == ["U105", "U100", "U102"] and [x["rank"] for x in lines[:4]] == [1, 2, 3, 4]
+    assert [x["user"] for x in lines[::4]] == ["U105", "U100", "U102"]
+    assert [x["rank"] for x in lines[:4]] == [1, 2, 3, 4]
     slot = rec.user_slots(["U105"])[0]
     first = rec.retrieve(np.array([slot]), 4)
     assert [x["item"] for x in lines[:4]] == [rec.prep.item_ids[i] for i in first.items[0]]
@@ -182,7 +183,8 @@ def test_evaluate_lists(run_dir):
     rows = res["rows"]
     assert list(rows) == ["item popularity", "BinMF retrieval", "MF retrieval", "BinMF retrieval (re-rank users)",
                           "BinMF + text-only re-rank", "BinMF + BinLLM re-rank"]
-    assert rows["BinMF retrieval"]["users"] == res["settings"]["users"] > 2 and rows["BinMF + BinLLM re-rank"]["users"] == 2
+    assert rows["BinMF retrieval"]["users"] == res["settings"]["users"] > 2
+    assert rows["BinMF + BinLLM re-rank"]["users"] == 2
     for r in rows.values():
         for key in ("HR@2", "NDCG@2", "HR@5", "NDCG@5"):
             m, lo, hi = r[key]

@@ -154,7 +154,7 @@ def test_opcheck(rng, case):
     torch.library.opcheck(op, args)  # raises OpCheckError on any failure
 
 
-def test_fake_tensors_give_shapes_and_dtypes(rng):
+def test_fake_tensors_give_shapes_and_dtypes():
     with FakeTensorMode():
         x = torch.empty(37, 65, dtype=torch.float16)
         a, b = torch.empty(37, 9, dtype=torch.uint8), torch.empty(11, 9, dtype=torch.uint8)
@@ -210,7 +210,7 @@ def test_bad_input_same_error_as_eager_and_under_fake_tensors(rng, case):
         getattr(ops, name)(*fake_args)
 
 
-def test_bad_input_data_checks_and_non_tensors(rng):
+def test_bad_input_data_checks_and_non_tensors():
     x = torch.zeros(3, 4)
     x[1, 2] = float("nan")
     with pytest.raises(ValueError, match="NaN at row 1, column 2"):

@@ -210,7 +210,8 @@ def run(cmd: list[str], log_file: Path | None = None, **kw) -> subprocess.Comple
         r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, text=True, check=False, **kw)
     if r.returncode != 0:
         tail = log_file.read_text().splitlines()[-40:]
-        raise RuntimeError(f"{' '.join(map(str, cmd[:4]))} ... failed ({r.returncode}); log {log_file}:\n" + "\n".join(tail))
+        raise RuntimeError(f"{' '.join(map(str, cmd[:4]))} ... failed ({r.returncode}); log {log_file}:\n"
+                           + "\n".join(tail))
     return r
 
 
@@ -364,8 +365,9 @@ def runtime_checks(opt: Options, wheel: Path, rep: Report) -> None:
         home = tmp / "home"
         home.mkdir()
         env = clean_env(pathbin, home)
-        probe = (f"import json, shutil, binllm; print(json.dumps({{'which': {{t: shutil.which(t) for t in {BUILD_TOOLS!r}}},"
-             " 'binllm': binllm.__file__}))")
+        probe = ("import json, shutil, binllm; print(json.dumps("
+                 f"{{'which': {{t: shutil.which(t) for t in {BUILD_TOOLS!r}}},"
+                 " 'binllm': binllm.__file__}))")
         got = json.loads(subprocess.run(["python", "-c", probe], env=env, cwd=tmp, check=True,
                                         capture_output=True, text=True).stdout)
         found = {t: p for t, p in got["which"].items() if p}
@@ -387,7 +389,8 @@ def runtime_checks(opt: Options, wheel: Path, rep: Report) -> None:
         if not rep.check(r.returncode == 0, f"oracle tests failed in the check venv: {summary}"):
             print(r.stdout[-4000:], r.stderr[-2000:], sep="\n")
 
-        d = subprocess.run(["binllm", "doctor", "--json"], env=env, cwd=tmp, capture_output=True, text=True, check=False)
+        d = subprocess.run(["binllm", "doctor", "--json"], env=env, cwd=tmp, capture_output=True, text=True,
+                           check=False)
         if not rep.check(d.returncode == 0, f"`binllm doctor` exited {d.returncode}: {d.stderr[-500:]}"):
             return
         doctor = json.loads(d.stdout)

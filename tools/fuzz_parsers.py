@@ -18,8 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import binllm  # noqa: E402
 from test_fuzz import oracle_bits, oracle_dotted  # noqa: E402
+
+import binllm  # noqa: E402
 
 DIMS = [1, 7, 8, 9, 16, 31, 32, 33, 63, 64, 65, 100]
 CHARS = st.sampled_from(list("0123456789.") + [" ", "+", "-", "\x00", "é", "١", "０", "\ud800", "\udfff"])

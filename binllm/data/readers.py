@@ -241,12 +241,14 @@ def read_amazon(reviews: str | os.PathLike, meta: str | os.PathLike, year: int |
         total += batch.num_rows
         ok = pc.and_(pc.and_(pc.is_valid(batch["overall"]), pc.is_valid(batch["reviewerID"])),
                      pc.and_(pc.is_valid(batch["asin"]), pc.is_valid(batch["unixReviewTime"])))
-        skipped["reviews_missing_fields"] += batch.num_rows - pc.sum(pc.cast(ok, pa.int64())).as_py() if batch.num_rows else 0
+        if batch.num_rows:
+            skipped["reviews_missing_fields"] += batch.num_rows - pc.sum(pc.cast(ok, pa.int64())).as_py()
         b = batch.filter(ok)
         if year is not None:
             t = b["unixReviewTime"]
             keep = pc.and_(pc.greater_equal(t, lo), pc.less(t, hi))
-            skipped["reviews_other_years"] += b.num_rows - pc.sum(pc.cast(keep, pa.int64())).as_py() if b.num_rows else 0
+            if b.num_rows:
+                skipped["reviews_other_years"] += b.num_rows - pc.sum(pc.cast(keep, pa.int64())).as_py()
             b = b.filter(keep)
         parts.append(b)
         bar.update(batch.num_rows)
