@@ -22,8 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from typing import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 

@@ -23,9 +23,8 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable
 
 # Name of the marker file inside every binllm output folder: {"kind": ...}.
 OUTPUT_MARKER = ".binllm-output.json"

@@ -6,7 +6,7 @@ module stays as light as ``import binllm``.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, TypeVar, Union
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import numpy as np
 
@@ -32,4 +32,4 @@ TextStyle = Literal["bits", "dotted"]
 #: Formatted codes for ``out='buffer'``: uint8 bytes and int64 (n+1,) offsets.
 TextBuffer = tuple[np.ndarray, np.ndarray]
 #: Any of the three formatted-codes containers.
-Texts = Union[list[str], np.ndarray, TextBuffer]
+Texts = list[str] | np.ndarray | TextBuffer

@@ -31,10 +31,10 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Union
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -223,7 +223,7 @@ class MFModel(nn.Module):
 
 
 #: The two models :func:`train` builds (one training loop, one checkpoint format).
-Model = Union[HashModel, MFModel]
+Model = HashModel | MFModel
 
 
 def build_model(cfg: HashConfig, n_users: int, n_items: int) -> Model:

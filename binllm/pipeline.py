@@ -122,7 +122,7 @@ class RunConfig:
                              "(no config.json)")
 
     @classmethod
-    def full(cls, **kw: object) -> "RunConfig":
+    def full(cls, **kw: object) -> RunConfig:
         """Every row and the reference step settings (for a GPU)."""
         base: dict[str, object] = dict(train_rows=None, valid_rows=None, test_rows=None, step1_steps=2000,
                                        step2_steps=2000, step1_lr=1e-3, step2_lr=1e-4, batch_size=16, eval_steps=50,
@@ -185,9 +185,10 @@ def run(cfg: RunConfig, progress: bool = True) -> dict:
     cfg_file = out / "run_config.json"
     if cfg_file.is_file():
         old = json.loads(cfg_file.read_text())
-        keep = ("out", "ablations", "device", "rerank_users", "n_boot")  # these may change between calls without touching finished stages
-        if {k: v for k, v in old.items() if k not in keep} != {k: v for k, v in dataclasses.asdict(cfg).items()
-                                                               if k not in keep}:
+        # these may change between calls without touching finished stages
+        keep = ("out", "ablations", "device", "rerank_users", "n_boot")
+        now = dataclasses.asdict(cfg)
+        if {k: v for k, v in old.items() if k not in keep} != {k: v for k, v in now.items() if k not in keep}:
             changed = sorted(k for k in old if k not in keep and old.get(k) != getattr(cfg, k, None))
             raise stages.StageError(f"{out} holds a run with other settings ({', '.join(changed)}); "
                                     "use another --out or the same settings")
@@ -239,7 +240,7 @@ def run(cfg: RunConfig, progress: bool = True) -> dict:
     main_llm = f"BinLLM ({cfg.code_style})"
     pairs = [(main_llm, "text-only (step 1)"), (main_llm, f"BinMF (hash model, {cfg.bits} bits)"),
              (main_llm, "item popularity")]
-    notes = _notes(cfg, out, prep, time.perf_counter() - t_start)
+    notes = _notes(cfg, out, time.perf_counter() - t_start)
     summary = stages.evaluate(data_dir, files, out / "results", pairs=pairs, n_boot=cfg.n_boot, seed=cfg.seed,
                               title=f"binllm run: {prep.meta.get('source', '?')} / "
                                     f"{prep.meta.get('protocol', {}).get('name', '?')}, {cfg.model}", notes=notes)
@@ -259,7 +260,7 @@ def run(cfg: RunConfig, progress: bool = True) -> dict:
     return summary
 
 
-def _notes(cfg: RunConfig, out: Path, prep: object, seconds: float) -> list[str]:
+def _notes(cfg: RunConfig, out: Path, seconds: float) -> list[str]:
     """Lines under the table: the settings, prompt lengths, validation curves, wall time."""
     lines = [f"Settings: LLM tuning on {cfg.train_rows or 'all'} train rows, model selection on "
              f"{cfg.valid_rows or 'all'} valid_small rows; step 1 {cfg.step1_steps} steps (lr {cfg.step1_lr}), "

@@ -205,7 +205,7 @@ def tune(base_model: Any, tokenizer: Any, train: PromptSet, valid: PromptSet, cf
 
         def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kw: Any) -> None:
             if progress and state.is_world_process_zero and metrics:
-                best = state.best_metric if state.best_metric is not None else float("nan")
+                best = state.best_metric if state.best_metric is not None else -1.0  # None before the first round
                 log(f"tune: step {state.global_step}/{state.max_steps}: valid AUC {metrics.get('eval_auc', 0):.4f} "
                     f"UAUC {metrics.get('eval_uauc', 0):.4f} (best so far {max(best, metrics.get('eval_auc', 0)):.4f})")
 

@@ -78,7 +78,8 @@ def test_doctor_json(capsys):
 
 def test_doctor_stays_light():
     """doctor answers without importing torch or pandas (it is the first thing to run when something is off)."""
-    code = "import sys; from binllm import cli; cli.main(['doctor']); print(sorted({'torch', 'pandas'} & set(sys.modules)))"
+    code = ("import sys; from binllm import cli; cli.main(['doctor']); "
+            "print(sorted({'torch', 'pandas'} & set(sys.modules)))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])})
     assert r.returncode == 0, r.stderr
