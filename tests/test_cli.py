@@ -16,6 +16,7 @@ import pytest
 from binllm import cli, stages
 from binllm.pipeline import RunConfig
 
+from conftest import PKG_PARENT
 from tiny_llm import make_tiny_llm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,8 +81,8 @@ def test_doctor_stays_light():
     """doctor answers without importing torch or pandas (it is the first thing to run when something is off)."""
     code = ("import sys; from binllm import cli; cli.main(['doctor']); "
             "print(sorted({'torch', 'pandas'} & set(sys.modules)))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])})
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=PKG_PARENT,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join([PKG_PARENT, os.environ.get("PYTHONPATH", "")])})
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "[]"
 
@@ -236,21 +237,22 @@ def _free_port() -> int:
 @pytest.mark.usefixtures("pretrained")
 def test_torchrun_two_processes_tune_then_score(prepared: Path, tiny: Path, tmp_path):
     """2 gloo processes: both ranks step in tune; sharded scores gathered on rank 0 equal a 1-process run."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([PKG_PARENT, os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     common = ["--data", prepared, "--model", tiny, "--dtype", "float32", "--device", "cpu", "--quiet"]
     tr = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
           "-m", "binllm"]
     r = subprocess.run([*map(str, tr), "tune", *map(str, common), "--out", str(tmp_path / "t"), "--kind", "text",
                         "--max-steps", "3", "--eval-steps", "3", "--batch-size", "2", "--train-rows", "16",
-                        "--valid-rows", "8"], env=env, capture_output=True, text=True, timeout=300)
+                        "--valid-rows", "8"], env=env, capture_output=True, text=True, timeout=300,
+                       cwd=PKG_PARENT)
     assert r.returncode == 0, r.stderr[-3000:]
     info = json.loads((tmp_path / "t" / "adapter" / "binllm.json").read_text())
     assert info["history"] and info["history"][-1]["step"] == 3
     tr[tr.index("--master-port") + 1] = str(_free_port())
     r = subprocess.run([*map(str, tr), "score", *map(str, common), "--out", str(tmp_path / "s2.npz"), "--rows", "11",
                         "--adapter", str(tmp_path / "t" / "adapter")], env=env, capture_output=True, text=True,
-                       timeout=300)
+                       timeout=300, cwd=PKG_PARENT)
     assert r.returncode == 0, r.stderr[-3000:]
     assert run_cli("score", *common, "--out", tmp_path / "s1.npz", "--rows", 11, "--adapter",
                    tmp_path / "t" / "adapter") == 0

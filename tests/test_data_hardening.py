@@ -12,7 +12,7 @@ import pytest
 from binllm import _io, data
 from binllm.data import DataError, Protocol
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(data.__file__)))
+from conftest import PKG_PARENT as ROOT  # noqa: E402  (where the imported binllm lives)
 
 
 def ts(s):
@@ -272,7 +272,7 @@ def test_f15_killed_save_leaves_old_dataset_and_is_cleaned(tmp_path):
         "        os._exit(9)\n"
         "pq.write_table = killed\n"
         f"prep.save({str(out)!r})\n")
-    res = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": ROOT})
+    res = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": ROOT}, cwd=ROOT)
     assert res.returncode == 9
     left = [p.name for p in tmp_path.iterdir() if p.name.startswith(".d.binllm-tmp.")]
     assert len(left) == 1  # the killed save's temp folder
@@ -315,7 +315,8 @@ def test_f21_valid_small_reproducible():
     assert (a == b).all() and a.sum() == 150  # 50 users x 6 valid rows, half of them
     code = SYNTH + ("import hashlib\nv = data.prepare(ratings, 'ml-100k-user').rows['valid_small'].to_numpy()\n"
                     "print(hashlib.sha256(v.tobytes()).hexdigest())\n")
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": ROOT}, cwd=ROOT,
+                         capture_output=True,
                          text=True, check=True).stdout.strip()
     assert out == hashlib.sha256(a.tobytes()).hexdigest()
     other = data.prepare(ratings, dataclasses.replace(data.PROTOCOLS["ml-100k-user"], seed=1))

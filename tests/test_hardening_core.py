@@ -18,7 +18,7 @@ import torch
 import binllm
 from binllm import _core
 
-from conftest import random_codes, ref_pack
+from conftest import PKG_PARENT, random_codes, ref_pack
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,11 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_python(code: str, env: dict[str, str] | None = None, prefix: str = "") -> subprocess.CompletedProcess:
     """Runs `code` in a fresh interpreter that imports this checkout (optionally behind a shell prefix)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("BINLLM_")}
-    full_env.update(PYTHONPATH=str(ROOT), OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", **(env or {}))
+    full_env.update(PYTHONPATH=PKG_PARENT, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", **(env or {}))
     script = textwrap.dedent(code)
     cmd = f'{prefix} exec "{sys.executable}" -c "$BINLLM_TEST_CODE"'
     full_env["BINLLM_TEST_CODE"] = script
-    return subprocess.run(["bash", "-c", cmd], env=full_env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(["bash", "-c", cmd], env=full_env, capture_output=True, text=True, timeout=120,
+                          cwd=PKG_PARENT)
 
 
 # ---------------------------------------------------------------- F1: size products overflow

@@ -184,7 +184,7 @@ def test_killed_writer_process_leaves_old_file(tmp_path):
     code = (f"import os, binllm._io as io\n"
             f"def w(p):\n    p.write_text('half')\n    os._exit(9)\n"
             f"io.atomic_save({str(dest)!r}, w)\n")
-    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": ROOT})
+    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": ROOT}, cwd=ROOT)
     assert r.returncode == 9
     assert dest.read_text() == "old" and len(listing(tmp_path)) == 2  # the killed write's temp
     time.sleep(0.01)

@@ -14,6 +14,7 @@ from binllm import data, prompts, scoring, tuning
 from binllm.codebook import CodeBook
 from binllm.prompts import PromptBuilder, PromptConfig
 
+from conftest import PKG_PARENT
 from tiny_llm import make_tiny_llm
 
 
@@ -204,7 +205,7 @@ def test_torchrun_two_cpu_processes(tiny, tmp_path):
         port = str(so.getsockname()[1])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", port,
            str(script), str(tiny), str(Path(__file__).parent), str(out)]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=PKG_PARENT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     ranks = [json.loads((out / f"rank{k}.json").read_text()) for k in (0, 1)]
     assert all(x["world"] == 2 and x["backend"] == "gloo" and x["steps"] == [3] for x in ranks)

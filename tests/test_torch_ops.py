@@ -15,7 +15,7 @@ import binllm
 import binllm.torch_ops as ops
 from binllm import hashing
 
-from conftest import ref_pack
+from conftest import PKG_PARENT, ref_pack
 
 DIMS = [1, 7, 9, 33, 65]
 NS = [0, 1, 17]
@@ -43,7 +43,7 @@ def ref_topk(q: np.ndarray, items: np.ndarray, d: int, k: int) -> tuple[np.ndarr
 
 def test_import_binllm_stays_light():
     code = "import sys, binllm; print('torch' in sys.modules, 'binllm.torch_ops' in sys.modules)"
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=PKG_PARENT)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["False", "False"]
 
