@@ -200,8 +200,11 @@ def build_info() -> BuildInfo:
 
     cuda: dict[str, int | str] | None
     try:
-        # find_spec first: without a CUDA build, build_info() must not pay for importing torch
-        cuda = cuda_module().build_info() if importlib.util.find_spec(f"{__package__}._cuda_ext") else None
+        # The extension itself, not the torch-based backend: diagnostics (binllm doctor) must not import torch.
+        if importlib.util.find_spec(f"{__package__}._cuda_ext"):
+            cuda = importlib.import_module(f"{__package__}._cuda_ext").build_info()
+        else:
+            cuda = None
     except RuntimeError:
         cuda = None
     except Exception as e:  # noqa: BLE001  (a broken CUDA module is a problem to report)

@@ -81,8 +81,9 @@ def test_doctor_stays_light():
     """doctor answers without importing torch or pandas (it is the first thing to run when something is off)."""
     code = ("import sys; from binllm import cli; cli.main(['doctor']); "
             "print(sorted({'torch', 'pandas'} & set(sys.modules)))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([PKG_PARENT, os.environ.get("PYTHONPATH", "")])}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=PKG_PARENT,
-                       env={**os.environ, "PYTHONPATH": os.pathsep.join([PKG_PARENT, os.environ.get("PYTHONPATH", "")])})
+                       env=env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "[]"
 
