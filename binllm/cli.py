@@ -299,7 +299,7 @@ def _tune(args: argparse.Namespace) -> int:
     from .tuning import TuneConfig
 
     tc = config_from(TuneConfig, args, skip=("seed",), seed=args.seed)
-    domain = args.domain or stages.dataset_domain(data.load_prepared(args.data))
+    domain = args.domain or data.load_prepared(args.data).domain
     pc = config_from(PromptConfig, args, domain=domain)
     adapter = stages.tune(args.data, args.out, pc, tc, codebook=args.codebook, model=args.model, device=args.device,
                           dtype=args.dtype, init_adapter=args.init_adapter, train_rows=args.train_rows,
@@ -339,7 +339,7 @@ def _score(args: argparse.Namespace) -> int:
             raise ValueError("prompt flags (--kind, --code-style, ...) are taken from --adapter; give one or the other")
         from . import data
 
-        pc = config_from(PromptConfig, args, domain=args.domain or stages.dataset_domain(data.load_prepared(args.data)))
+        pc = config_from(PromptConfig, args, domain=args.domain or data.load_prepared(args.data).domain)
     s = stages.score(args.data, args.out, method=args.method, split=args.split, rows=args.rows, seed=args.seed,
                      model=args.model, adapter=args.adapter, codebook=args.codebook, hash_dir=args.hash_dir,
                      prompt=pc, device=args.device, dtype=args.dtype, batch_size=args.batch_size,

@@ -168,19 +168,12 @@ def llm_stages(cfg: RunConfig) -> list[Stage]:
     return out
 
 
-def check_environment(cfg: RunConfig) -> str:
-    """Validates what needs torch (the device) before any work; returns the device."""
-    from . import scoring
-
-    return scoring.resolve_device(cfg.device)
-
-
 def run(cfg: RunConfig, progress: bool = True) -> dict:
     """Runs (or resumes) the whole job; returns the evaluation summary."""
-    from . import data, hashing, tuning
+    from . import data, hashing, scoring, tuning
     from .prompts import PromptConfig
 
-    device = check_environment(cfg)
+    device = scoring.resolve_device(cfg.device)  # what needs torch is checked before any work
     out = Path(cfg.out)
     cfg_file = out / "run_config.json"
     if cfg_file.is_file():
@@ -199,7 +192,7 @@ def run(cfg: RunConfig, progress: bool = True) -> dict:
     data_dir = Path(cfg.data) if cfg.data else out / "data"
     prep = stages.prepare(data_dir, cfg.source, cfg.path, cfg.meta, cfg.protocol, cfg.columns, progress=progress) \
         if not cfg.data else data.load_prepared(data_dir)
-    domain = cfg.domain or stages.dataset_domain(prep)
+    domain = cfg.domain or prep.domain
     if progress:
         log("data:\n" + prep.summary())
 
@@ -250,8 +243,7 @@ def run(cfg: RunConfig, progress: bool = True) -> dict:
 
         if progress:
             log(f"recommendation lists: retrieval for every user, re-ranking for {cfg.rerank_users}")
-        lists = evaluate_lists(out, rerank_methods=("text", "binllm") if cfg.rerank_users else (),
-                               rerank_users=max(cfg.rerank_users, 1), seed=cfg.seed, n_boot=cfg.n_boot,
+        lists = evaluate_lists(out, rerank_users=cfg.rerank_users, seed=cfg.seed, n_boot=cfg.n_boot,
                                progress=progress, device=device, dtype=cfg.dtype)
         atomic_write_text(out / "lists.md", lists_markdown(lists))
         atomic_write_json(out / "lists.json", lists)

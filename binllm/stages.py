@@ -207,23 +207,6 @@ def _prompt_sets(prep: Prepared, cb: CodeBook | None, pc: PromptConfig, tok: obj
     return res
 
 
-def _prompt_config(prep: Prepared, kind: str, code_style: str, max_titles: int, domain: str | None,
-                   template: str | None = None) -> PromptConfig:
-    from .prompts import PromptConfig
-
-    return PromptConfig(kind=kind, domain=domain or dataset_domain(prep), code_style=code_style,
-                        max_titles=max_titles, template=template)
-
-
-def dataset_domain(prep: Prepared) -> str:
-    """'movie' or 'book': the prompt wording the dataset's metadata asks for."""
-    dom = getattr(prep, "domain", None)
-    if isinstance(dom, str):
-        return dom
-    name = str(prep.meta.get("protocol", {}).get("name", ""))
-    return "book" if "amazon" in name or "book" in name else "movie"
-
-
 def _load_codebook(path: str | os.PathLike | None, prep: Prepared, needed: bool) -> CodeBook | None:
     from .codebook import CodeBook
 
@@ -262,7 +245,9 @@ def tune(data_dir: str | os.PathLike, out: str | os.PathLike, prompt: PromptConf
     cb = _load_codebook(codebook, prep, prompt.uses_codes)
     dev = scoring.resolve_device(device)
     use_cuda = dev.startswith("cuda")
-    bf16 = scoring.resolve_dtype(dtype, dev) == _torch_bf16()
+    import torch
+
+    bf16 = scoring.resolve_dtype(dtype, dev) == torch.bfloat16
     with threads.stage("llm"):
         # On a CPU the weights stay float32 and the Trainer's bf16 autocast does the matmuls (where AMX makes
         # that fast): LoRA updates accumulate in float32. On a GPU the weights load in the compute dtype.
@@ -287,12 +272,6 @@ def tune(data_dir: str | os.PathLike, out: str | os.PathLike, prompt: PromptConf
     if rank == 0 and (out_p / "checkpoints").is_dir() and info_file.is_file():
         shutil.rmtree(out_p / "checkpoints", ignore_errors=True)  # the adapter is final; checkpoints only resume
     return res.adapter_dir
-
-
-def _torch_bf16() -> object:
-    import torch
-
-    return torch.bfloat16
 
 
 # ---------------------------------------------------------------------------- score
@@ -420,6 +399,7 @@ def _score_llm(prep: Prepared, r: np.ndarray, model: str, adapter: str | os.Path
         if not info_file.is_file():
             raise StageError(f"adapter {adapter} has no binllm.json: not an adapter written by binllm tune")
         info = json.loads(info_file.read_text())["meta"]
+        want_fingerprint = info.get("codebook_fingerprint")
         pc = PromptConfig(**info["prompt"]) if prompt is None else prompt
         if codebook is None and info.get("codebook"):
             codebook = info["codebook"]
@@ -427,12 +407,11 @@ def _score_llm(prep: Prepared, r: np.ndarray, model: str, adapter: str | os.Path
             model = info["model"]
         max_length = int(info.get("max_length", max_length))
     else:
-        pc = prompt if prompt is not None else PromptConfig(kind="text", domain=dataset_domain(prep))
+        want_fingerprint = None
+        pc = prompt if prompt is not None else PromptConfig(kind="text", domain=prep.domain)
     cb = _load_codebook(codebook, prep, pc.uses_codes)
-    if adapter is not None and cb is not None:
-        want = json.loads((Path(adapter) / "binllm.json").read_text())["meta"].get("codebook_fingerprint")
-        if want and want != cb.fingerprint:
-            raise StageError(f"code book {codebook} is not the one adapter {adapter} was tuned with")
+    if cb is not None and want_fingerprint and want_fingerprint != cb.fingerprint:
+        raise StageError(f"code book {codebook} is not the one adapter {adapter} was tuned with")
     meta.update(model=str(model), adapter=str(adapter) if adapter else None, prompt=dataclasses.asdict(pc),
                 codebook=str(codebook) if codebook else None)
     dev = scoring.resolve_device(device)

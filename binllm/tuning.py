@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 
 from . import metrics
 from ._io import atomic_write_json
-from .progress import log
+from .progress import is_terminal, log
 from .scoring import answer_token_ids, collate_left, last_logits
 
 
@@ -199,7 +198,7 @@ def tune(base_model: Any, tokenizer: Any, train: PromptSet, valid: PromptSet, cf
         metric_for_best_model="auc", greater_is_better=True, logging_steps=max(1, min(10, cfg.eval_steps)),
         report_to=[], use_cpu=use_cpu, bf16=bf16, seed=cfg.seed, data_seed=cfg.seed,
         remove_unused_columns=False, dataloader_num_workers=0, ddp_find_unused_parameters=False,
-        disable_tqdm=not progress or not sys.stderr.isatty(), label_names=["labels", "users"], save_only_model=False)
+        disable_tqdm=not progress or not is_terminal(), label_names=["labels", "users"], save_only_model=False)
     class _LogEvaluations(TrainerCallback):
         """One line per evaluation round, so a log (no progress bar) shows how tuning goes."""
 
