@@ -205,8 +205,6 @@ def build_info() -> BuildInfo:
             cuda = importlib.import_module(f"{__package__}._cuda_ext").build_info()
         else:
             cuda = None
-    except RuntimeError:
-        cuda = None
     except Exception as e:  # noqa: BLE001  (a broken CUDA module is a problem to report)
         cuda = None
         problems.append(f"CUDA module: {type(e).__name__}: {e}")

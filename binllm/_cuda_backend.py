@@ -74,7 +74,7 @@ def unpack(codes: torch.Tensor, d: int, dtype: CoreUnpackDtype) -> torch.Tensor:
 
 
 def _kind(kind: ScoreKind) -> int:
-    if kind not in ("dot", "hamming"):
+    if kind not in _cuda_ext.SCORE_KINDS:
         raise ValueError(f"kind must be 'dot' or 'hamming'; got {kind!r}")
     return _cuda_ext.SCORE_KINDS[kind]
 

@@ -24,12 +24,14 @@ Limits, each checked with a ValueError that names the argument:
 """
 from __future__ import annotations
 
+import typing
+
 import numpy as np
 
 from . import _backend
 from ._types import ArrayT, OutDtype, UnpackDtype
 
-_UNPACK_DTYPES = ("float32", "float64", "float16", "bfloat16", "int8")
+_UNPACK_DTYPES = typing.get_args(UnpackDtype)  # the Literal is the one list
 
 
 def pack_signs(x: ArrayT) -> ArrayT:

@@ -107,13 +107,8 @@ def _require_tensor(name: str, x: object) -> torch.Tensor:
 # ------------------------------------------------------------------ pack_signs
 
 
-@torch.library.custom_op("binllm::pack_signs", mutates_args=(), device_types="cpu")
+@torch.library.custom_op("binllm::pack_signs", mutates_args=(), device_types=("cpu", "cuda"))
 def _pack_signs(x: torch.Tensor) -> torch.Tensor:
-    return _codes.pack_signs(x)
-
-
-@_pack_signs.register_kernel("cuda")
-def _pack_signs_cuda(x: torch.Tensor) -> torch.Tensor:
     return _codes.pack_signs(x)
 
 
@@ -142,13 +137,8 @@ def pack_signs(x: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- unpack_signs
 
 
-@torch.library.custom_op("binllm::unpack_signs", mutates_args=(), device_types="cpu")
+@torch.library.custom_op("binllm::unpack_signs", mutates_args=(), device_types=("cpu", "cuda"))
 def _unpack_signs(codes: torch.Tensor, d: int, dtype: str) -> torch.Tensor:
-    return _codes.unpack_signs(codes, d, cast(UnpackDtype, dtype))  # str in the op schema
-
-
-@_unpack_signs.register_kernel("cuda")
-def _unpack_signs_cuda(codes: torch.Tensor, d: int, dtype: str) -> torch.Tensor:
     return _codes.unpack_signs(codes, d, cast(UnpackDtype, dtype))  # str in the op schema
 
 
@@ -174,23 +164,13 @@ def unpack_signs(codes: torch.Tensor, d: int, dtype: str = "float32") -> torch.T
 # --------------------------------------------------------- dot_all / hamming_all
 
 
-@torch.library.custom_op("binllm::dot_all", mutates_args=(), device_types="cpu")
+@torch.library.custom_op("binllm::dot_all", mutates_args=(), device_types=("cpu", "cuda"))
 def _dot_all(a: torch.Tensor, b: torch.Tensor, d: int, out_dtype: str) -> torch.Tensor:
     return _codes.dot_all(a, b, d, cast(OutDtype, out_dtype))  # str in the op schema
 
 
-@_dot_all.register_kernel("cuda")
-def _dot_all_cuda(a: torch.Tensor, b: torch.Tensor, d: int, out_dtype: str) -> torch.Tensor:
-    return _codes.dot_all(a, b, d, cast(OutDtype, out_dtype))  # str in the op schema
-
-
-@torch.library.custom_op("binllm::hamming_all", mutates_args=(), device_types="cpu")
+@torch.library.custom_op("binllm::hamming_all", mutates_args=(), device_types=("cpu", "cuda"))
 def _hamming_all(a: torch.Tensor, b: torch.Tensor, d: int, out_dtype: str) -> torch.Tensor:
-    return _codes.hamming_all(a, b, d, cast(OutDtype, out_dtype))  # str in the op schema
-
-
-@_hamming_all.register_kernel("cuda")
-def _hamming_all_cuda(a: torch.Tensor, b: torch.Tensor, d: int, out_dtype: str) -> torch.Tensor:
     return _codes.hamming_all(a, b, d, cast(OutDtype, out_dtype))  # str in the op schema
 
 
@@ -226,13 +206,8 @@ def hamming_all(a: torch.Tensor, b: torch.Tensor, d: int, out_dtype: str = "int3
 # ------------------------------------------------------------------------ topk
 
 
-@torch.library.custom_op("binllm::topk", mutates_args=(), device_types="cpu")
+@torch.library.custom_op("binllm::topk", mutates_args=(), device_types=("cpu", "cuda"))
 def _topk(queries: torch.Tensor, items: torch.Tensor, d: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return _codes.topk(queries, items, d, k)
-
-
-@_topk.register_kernel("cuda")
-def _topk_cuda(queries: torch.Tensor, items: torch.Tensor, d: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return _codes.topk(queries, items, d, k)
 
 
