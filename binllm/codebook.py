@@ -115,8 +115,6 @@ class CodeBook:
         """Code strings of every slot of `side` ('user' or 'item')."""
         if side not in ("user", "item"):
             raise ValueError(f"side must be 'user' or 'item'; got {side!r}")
-        if style not in ("bits", "dotted"):
-            raise ValueError(f"style must be 'bits' or 'dotted'; got {style!r}")
         codes = self.user_codes if side == "user" else self.item_codes
         return textcodes.format_codes(codes, self.d, cast(TextStyle, style))
 

@@ -26,6 +26,7 @@ how well the bits are used (mean bit entropy, distinct codes).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -40,8 +41,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import _io, metrics, threads
 from . import codes as _codes
-from . import metrics, threads
 
 if TYPE_CHECKING:
     from .data import Prepared
@@ -260,7 +261,13 @@ def code_stats(codes_packed: np.ndarray, d: int) -> dict[str, float | int]:
     with np.errstate(divide="ignore", invalid="ignore"):
         h = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
     h = np.nan_to_num(h, nan=0.0)  # p in {0, 1}: no information
-    return {"bit_entropy": float(h.mean()), "distinct_codes": int(len(np.unique(codes_packed, axis=0))), "n": n}
+    return {"bit_entropy": float(h.mean()), "distinct_codes": _distinct_rows(codes_packed), "n": n}
+
+
+def _distinct_rows(codes_packed: np.ndarray) -> int:
+    """Distinct rows, each row viewed as one opaque value (~6x faster than np.unique(axis=0))."""
+    c = np.ascontiguousarray(codes_packed)
+    return int(len(np.unique(c.view(f"V{c.shape[1]}")))) if c.shape[1] else int(len(c) > 0)
 
 
 def _regulariser(cfg: HashConfig, h: torch.Tensor) -> torch.Tensor:
@@ -346,10 +353,8 @@ CHECKPOINT = "checkpoint.pt"
 _FORMAT = 2  # 1: the pickled-dict checkpoints before weights_only loading (same keys)
 
 
-def _atomic_save(obj: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def _torch_save(obj: dict, path: Path) -> None:
+    torch.save(obj, path)
 
 
 def _load_checkpoint(path: Path) -> dict:
@@ -520,9 +525,9 @@ def _train(prep: Prepared, cfg: HashConfig, out_dir: str | os.PathLike | None, r
         st.epoch = epoch + 1
         done_this_call += 1
         if ckpt is not None:
-            _atomic_save({"format": _FORMAT, "config": dataclasses.asdict(cfg), "model": model.state_dict(),
-                          "optimizer": opt.state_dict(), "generator": gen.get_state(),
-                          "state": dataclasses.asdict(st)}, ckpt)
+            snapshot = {"format": _FORMAT, "config": dataclasses.asdict(cfg), "model": model.state_dict(),
+                        "optimizer": opt.state_dict(), "generator": gen.get_state(), "state": dataclasses.asdict(st)}
+            _io.atomic_save(ckpt, functools.partial(_torch_save, snapshot))
         if on_epoch:
             on_epoch(rec)
         bar.update(1)

@@ -239,9 +239,8 @@ class Prepared:
         import pyarrow.parquet as pq
 
         path = Path(path)
-        _io.check_output_path(path, OUTPUT_KIND, _is_prepared_folder)
-        _clean_legacy_temps(path)
-        with _io.atomic_dir(path, OUTPUT_KIND, _is_prepared_folder) as tmp:
+        with _io.atomic_dir(path, OUTPUT_KIND, _is_prepared_folder) as tmp:  # refuses a foreign path first
+            _clean_legacy_temps(path)
             table = pa.Table.from_pandas(self.rows, preserve_index=False)
             his = pa.ListArray.from_arrays(pa.array(self.his_offsets.astype(np.int32) if self.his_offsets[-1] < 2**31
                                                     else self.his_offsets), pa.array(self.his_values))

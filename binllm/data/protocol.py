@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .prepared import FORMAT_VERSION, SPLITS, WARM_DEFINITION, Prepared, _file_hash, _finish_rows
-from .readers import DataError, Ratings
+from .readers import DataError, Ratings, _check_missing_titles
 
 
 @dataclass
@@ -83,8 +83,7 @@ class Protocol:
             raise ValueError(f"user_min_ratings must be >= 1; got {self.user_min_ratings}")
         if self.history_len < 1:
             raise ValueError(f"history_len must be >= 1; got {self.history_len}")
-        if self.missing_titles not in ("error", "empty"):
-            raise ValueError(f"missing_titles must be 'error' or 'empty'; got {self.missing_titles!r}")
+        _check_missing_titles(self.missing_titles)
         if not isinstance(self.domain, str) or not self.domain.isidentifier():
             raise ValueError(f"domain must be a word such as 'movie' or 'book'; got {self.domain!r}")
         lo, hi = self.rating_range
