@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _io
 from . import codes as _codes
 
 RERANK_METHODS = ("text", "binllm")
@@ -307,7 +308,7 @@ class Recommender:
     def history(self, slot: int, length: int) -> np.ndarray:
         """The user's latest `length` liked items of the known splits, oldest first."""
         h = self._hist_items[self._hist_off[slot]:self._hist_off[slot + 1]]
-        return h[len(h) - length:] if length > 0 else h[:0]
+        return h[max(len(h) - length, 0):] if length > 0 else h[:0]
 
     # ---------------------------------------------------------------- stage 1
 
@@ -427,12 +428,10 @@ class Recommender:
         """Writes lists with raw ids (user, rank, item, title, retrieval_score, llm_score) atomically."""
         if fmt not in FORMATS:
             raise ValueError(f"fmt must be one of {FORMATS}; got {fmt!r}")
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
         uids, iids, titles = self.prep.user_ids, self.prep.item_ids, self.prep.titles
         integral = np.issubdtype(lists.retrieval.dtype, np.integer)
-        tmp = out.with_name(f".{out.name}.tmp")
-        try:
+
+        def writer(tmp: Path) -> None:
             with open(tmp, "w", encoding="utf-8", newline="\n") as f:
                 if fmt == "tsv":
                     f.write("user\trank\titem\ttitle\tretrieval_score\tllm_score\n")
@@ -452,11 +451,8 @@ class Recommender:
                         else:
                             t = " ".join(str(titles[it]).split())  # no tabs/newlines inside a field
                             f.write(f"{user}\t{c + 1}\t{iids[it]}\t{t}\t{rs_v}\t{'' if ls is None else repr(ls)}\n")
-            os.replace(tmp, out)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return out
+
+        return _io.atomic_save(out, writer)
 
 
 def _check_nk(n: int, k: int) -> None:
