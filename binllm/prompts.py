@@ -126,7 +126,7 @@ class PromptBuilder:
                 if p == "<ItemTitleList>":
                     h = histories[r]
                     c = int(caps[r])
-                    h = h[len(h) - c:] if c > 0 else h[:0]
+                    h = h[max(len(h) - c, 0):] if c > 0 else h[:0]  # a shorter history is kept whole
                     vals[p] = ", ".join(q[h]) if len(h) else empty
                 elif p == "<TargetItemTitle>":
                     vals[p] = q[iids[r]]

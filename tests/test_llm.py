@@ -57,6 +57,11 @@ def test_prompt_filling():
     t = PromptBuilder(PromptConfig(kind="text", max_titles=2), TITLES, None).build([1], [1], [np.array([3, 1, 2])])
     assert '"Alpha (1999)", "Beta (2000)"' in t[0] and "Gamma" not in t[0].split("titled")[0]
     assert "books" in prompts.packaged_template("text", "book")
+    # a history shorter than the cap is kept whole (3 and 4 liked items under a cap of 5 lost their oldest)
+    for n_liked in (3, 4):
+        p3 = PromptBuilder(PromptConfig(kind="text", max_titles=5), np.array([""] + [f"T{k}" for k in range(1, 6)],
+                           object), None).build([1], [5], [np.arange(1, n_liked + 1)])
+        assert all(f'"T{k}"' in p3[0] for k in range(1, n_liked + 1))
 
 
 def test_prompt_bad_input():
