@@ -1,10 +1,13 @@
 """Stage speed when the CPU is shared: each pipeline stage timed quiet and next to
-two busy processes, with torch's default threads ("before") and with the
-per-stage policy of binllm.threads ("after"), side by side in one run.
+two busy processes, "before" (torch's default threads and OpenMP's default
+spin-then-sleep waiting, as version 0.1 ran) and "after" (binllm.threads: the
+per-stage thread plan and the PASSIVE OpenMP wait policy the command line
+sets), side by side in one run. OpenMP reads its policy once, when torch
+loads, so each variant runs in its own child process of this script.
 
 Stages: the hash model (a few epochs on the embedded ML-100K), a data-prepare
 pass (ML-100K protocol), Yes/No scoring of prompts with the embedded SmolLM2,
-and a binllm top-k call. The busy processes are spawned and killed by this
+LoRA tuning steps on it (batch 8), and a binllm top-k call. The busy processes are spawned and killed by this
 script; each also exits on its own after a deadline, so none outlives it.
 Targets: busy <= 2x quiet for every stage under the policy; the policy's quiet
 time no worse than before by more than 10%.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import statistics
 import subprocess
@@ -111,6 +115,28 @@ def make_stages(quick: bool) -> dict[str, tuple[str, Callable[[], float]]]:
         scorer.score(prompts)
         return 1
 
+    # LoRA tuning steps the way stages.tune runs them on a CPU: float32 weights, eager attention, bf16
+    # autocast where the CPU has AMX; one unit = one optimizer step on a batch of 8 prompts.
+    from peft import LoraConfig, get_peft_model
+
+    base, _ = scoring.load_llm(dtype="float32", progress=False, attn_implementation=scoring.training_attention("cpu"))
+    peft_model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05,
+                                                 target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-4)
+    ids, mask, pos = scoring.collate_left(scoring.tokenize(tok, prompts[:8]), tok.pad_token_id)
+    yes_id, _ = scoring.answer_token_ids(tok)
+    bf16 = scoring.cpu_has_fast_bf16()
+
+    def tune_stage() -> float:
+        steps = 1 if quick else 2
+        for _ in range(steps):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                yes = scoring.last_logits(peft_model, ids, mask, pos)[:, yes_id].float()
+            torch.nn.functional.binary_cross_entropy_with_logits(yes, torch.ones_like(yes)).backward()
+            opt.step()
+            opt.zero_grad()
+        return steps
+
     rng = np.random.default_rng(0)
     n_q, n_i = (1000, 50_000) if quick else (4000, 200_000)
     q = binllm.pack_signs(rng.standard_normal((n_q, 32)).astype(np.float32))
@@ -124,7 +150,38 @@ def make_stages(quick: bool) -> dict[str, tuple[str, Callable[[], float]]]:
     return {f"hash model (ML-100K, s/epoch, <= {cfg.max_epochs} epochs)": ("hash", hash_stage),
             "data prepare (ML-100K)": ("data", data_stage),
             f"LLM scoring ({len(prompts)} prompts, SmolLM2)": ("llm", llm_stage),
+            "LLM LoRA tuning (SmolLM2, batch 8, s/step)": ("llm", tune_stage),
             f"binllm topk ({n_q}x{n_i:,}, d=32, k=10)": ("kernels", kernels_stage)}
+
+
+VARIANTS = {"before": "before (torch default threads, OpenMP default wait)",
+            "after": "after (binllm.threads plan, OMP_WAIT_POLICY=PASSIVE)"}
+
+
+def child(variant: str, quick: bool, repeats: int, n_busy: int) -> list[dict]:
+    """Times every stage quiet and busy in this process (whose OpenMP policy the parent chose)."""
+    import torch
+
+    stages = make_stages(quick)
+    # "before": every stage kind at torch's default count (all cores), as version 0.1 ran
+    threads.set_override(str(threads.available_cores()) if variant == "before" else None)
+    rows = []
+    for name, (kind, fn) in stages.items():
+        with threads.stage(kind):
+            n_torch, n_core = torch.get_num_threads(), binllm.num_threads()
+            warm = kind != "hash"  # the hash stage is long and needs no warm-up
+            t0 = time.perf_counter()
+            quiet = timed(fn, repeats, warm)
+            # a busy process must outlive the (slowed) timed calls but never this script by much
+            with busy(n_busy, limit_s=60 + 10 * (time.perf_counter() - t0)):
+                loaded = timed(fn, repeats, warm)
+        rows.append({"stage": name, "kind": kind, "variant": VARIANTS[variant], "torch_threads": n_torch,
+                     "kernel_threads": n_core, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+                     "quiet_s": quiet, "busy_s": loaded, "busy_over_quiet": loaded / quiet})
+        print(f"{name:45s} {variant:6s} torch={n_torch} kernels={n_core} quiet {quiet:.3f}s "
+              f"busy {loaded:.3f}s x{loaded / quiet:.2f}", file=sys.stderr, flush=True)
+    threads.set_override(None)
+    return rows
 
 
 def main() -> None:
@@ -132,51 +189,41 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smaller stages, 1 repeat: checks the script works")
     ap.add_argument("--repeats", type=int, default=None, help="timed calls per cell (default 3, quick 1)")
     ap.add_argument("--busy", type=int, default=2, help="busy processes next to the stage (default 2)")
+    ap.add_argument("--child", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     args = ap.parse_args()
     repeats = args.repeats or (1 if args.quick else 3)
-    import torch
-
-    default_torch = torch.get_num_threads()  # what torch picks with no policy: every core
-    stages = make_stages(args.quick)
-    variants = {"before (torch default threads)": str(default_torch), "after (binllm.threads policy)": None}
+    if args.child:
+        print(json.dumps(child(args.child, args.quick, repeats, args.busy)))
+        return
+    per_variant: dict[str, list[dict]] = {}
+    for variant in VARIANTS:
+        env = {k: v for k, v in os.environ.items() if k not in threads.OPENMP_ENV}
+        if variant == "after":
+            env.update(threads.OPENMP_ENV)
+        cmd = [sys.executable, __file__, "--child", variant, "--repeats", str(repeats), "--busy", str(args.busy)]
+        out = subprocess.run(cmd + (["--quick"] if args.quick else []), env=env, check=True, stdout=subprocess.PIPE,
+                             text=True).stdout
+        per_variant[variant] = json.loads(out.strip().splitlines()[-1])
     rows = []
-    for name, (kind, fn) in stages.items():
-        res: dict[str, dict[str, float]] = {}
-        for vname, spec in variants.items():
-            threads.set_override(spec)  # "before": every stage kind at torch's default count
-            try:
-                with threads.stage(kind):
-                    n_torch, n_core = torch.get_num_threads(), binllm.num_threads()
-                    warm = kind != "hash"  # the hash stage is long and needs no warm-up
-                    t0 = time.perf_counter()
-                    quiet = timed(fn, repeats, warm)
-                    # a busy process must outlive the (slowed) timed calls but never this script by much
-                    with busy(args.busy, limit_s=60 + 10 * (time.perf_counter() - t0)):
-                        loaded = timed(fn, repeats, warm)
-            finally:
-                threads.set_override(None)
-            res[vname] = {"quiet": quiet, "busy": loaded}
-            rows.append({"stage": name, "kind": kind, "variant": vname, "torch_threads": n_torch,
-                         "kernel_threads": n_core, "quiet_s": quiet, "busy_s": loaded,
-                         "busy_over_quiet": loaded / quiet})
-            print(f"{name:45s} {vname:32s} torch={n_torch} kernels={n_core} quiet {quiet:.3f}s "
-                  f"busy {loaded:.3f}s x{loaded / quiet:.2f}", flush=True)
-        b, a = res["before (torch default threads)"], res["after (binllm.threads policy)"]
-        rows[-1]["after_quiet_over_before"] = a["quiet"] / b["quiet"]
-        rows[-1]["after_busy_over_before"] = a["busy"] / b["busy"]
-        rows[-1]["target_met"] = "yes" if a["busy"] <= 2 * a["quiet"] and a["quiet"] <= 1.1 * b["quiet"] else "no"
+    for b, a in zip(per_variant["before"], per_variant["after"]):
+        a = dict(a, after_quiet_over_before=a["quiet_s"] / b["quiet_s"],
+                 after_busy_over_before=a["busy_s"] / b["busy_s"],
+                 target_met="yes" if a["busy_s"] <= 2 * a["quiet_s"] and a["quiet_s"] <= 1.1 * b["quiet_s"] else "no")
+        rows += [b, a]
     name = "contention_quick" if args.quick else "contention"
-    env = environment()
-    env["policy"] = threads.describe()
-    env["busy_processes"] = args.busy
-    write_table(name, rows, ["stage", "kind", "variant", "torch_threads", "kernel_threads", "quiet_s", "busy_s",
-                             "busy_over_quiet", "after_quiet_over_before", "after_busy_over_before", "target_met"],
-                env,
-                f"CPU: {env['cpu']} ({env['cores']} cores). Seconds (hash model: per epoch, within a wall budget), "
-                f"median of {repeats} timed call(s) per cell after one warm-up (none for the hash model); "
-                f"`busy` = next to {args.busy} processes spinning in Python loops. `before` runs every "
-                "stage with torch's default thread count; `after` with binllm.threads' per-stage plan. Target: "
-                "after busy <= 2x after quiet, and after quiet <= 1.1x before quiet.")
+    env_info = environment()
+    env_info["policy"] = threads.describe()
+    env_info["busy_processes"] = args.busy
+    write_table(name, rows, ["stage", "kind", "variant", "torch_threads", "kernel_threads", "omp_wait_policy",
+                             "quiet_s", "busy_s", "busy_over_quiet", "after_quiet_over_before",
+                             "after_busy_over_before", "target_met"],
+                env_info,
+                f"CPU: {env_info['cpu']} ({env_info['cores']} cores). Seconds (hash model: per epoch, within a wall "
+                f"budget; tuning: per step), median of {repeats} timed call(s) per cell after one warm-up (none for "
+                f"the hash model); `busy` = next to {args.busy} processes spinning in Python loops. `before` runs "
+                "every stage with torch's default thread count and OpenMP's default wait policy; `after` with "
+                "binllm.threads' per-stage plan and OMP_WAIT_POLICY=PASSIVE (each variant in its own process). "
+                "Target: after busy <= 2x after quiet, and after quiet <= 1.1x before quiet.")
     print(open(os.path.join(os.path.dirname(__file__), "results", name + ".md")).read().split("Environment")[0])
 
 

@@ -127,6 +127,7 @@ def _doctor(args: argparse.Namespace) -> int:
             info[pkg] = None
     try:
         info["stage_threads"] = threads.plan()
+        info["openmp_wait_policy"] = threads.openmp_policy().split(": ", 1)[1]
     except ValueError as e:  # a bad BINLLM_STAGE_THREADS: report it, doctor's job is to diagnose
         problems.append(str(e))
     if args.json:
@@ -480,6 +481,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from . import threads
+
+    threads.configure_openmp()  # before any command's imports load torch (and with it OpenMP)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the traceback of an error")
     common.add_argument("--quiet", action="store_true", help="no progress output")
@@ -496,8 +500,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.threads:
-            from . import threads
-
             threads.set_override(args.threads)
         return _COMMANDS[args.command][1](args)
     except KeyboardInterrupt:

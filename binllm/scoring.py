@@ -123,10 +123,22 @@ def resolve_dtype(dtype: str, device: str) -> Any:
     return table[dtype]
 
 
-def load_llm(model: str = DEFAULT_MODEL, dtype: str = "auto", device: str = "auto", progress: bool = True):
+def training_attention(device: str) -> str | None:
+    """The attention implementation for LoRA tuning on `device` (None: the model's default).
+
+    On a CPU, torch's fused attention kernel has a slow backward pass: in a
+    profile of a SmolLM2 tuning step (batch 8, ~170 tokens, bf16 autocast) it
+    took 28% of the step, and plain matmul attention ('eager') made the step
+    ~15% faster with the same result. Scoring (no backward) keeps the default."""
+    return "eager" if device == "cpu" else None
+
+
+def load_llm(model: str = DEFAULT_MODEL, dtype: str = "auto", device: str = "auto", progress: bool = True,
+             attn_implementation: str | None = None):
     """(model, tokenizer) of a local causal-LM folder or of the embedded default ('smollm2').
 
-    The tokenizer is set to left padding; a missing pad token becomes EOS."""
+    The tokenizer is set to left padding; a missing pad token becomes EOS.
+    `attn_implementation` ('eager', 'sdpa', ...) overrides the model's default."""
     import torch  # noqa: F401
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -148,7 +160,8 @@ def load_llm(model: str = DEFAULT_MODEL, dtype: str = "auto", device: str = "aut
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    lm = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype, dev))
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    lm = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype, dev), **extra)
     # transformers' typed wrapper of `to` expects the model where torch takes a device string
     return lm.to(dev), tok  # type: ignore[arg-type]
 

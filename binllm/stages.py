@@ -251,7 +251,8 @@ def tune(data_dir: str | os.PathLike, out: str | os.PathLike, prompt: PromptConf
     with threads.stage("llm"):
         # On a CPU the weights stay float32 and the Trainer's bf16 autocast does the matmuls (where AMX makes
         # that fast): LoRA updates accumulate in float32. On a GPU the weights load in the compute dtype.
-        base, tok = scoring.load_llm(model, dtype=dtype if use_cuda else "float32", device=dev, progress=progress)
+        base, tok = scoring.load_llm(model, dtype=dtype if use_cuda else "float32", device=dev, progress=progress,
+                                     attn_implementation=scoring.training_attention(dev))
         samples = {"train": sample_rows(prep, "train", train_rows, seed),
                    "valid": sample_rows(prep, "valid_small", valid_rows, seed)}
         sets = _prompt_sets(prep, cb, prompt, tok, samples, max_length)

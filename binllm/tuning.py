@@ -40,6 +40,8 @@ class TuneConfig:
         warmup_steps, weight_decay: AdamW schedule and decay (reference wd 1e-3).
         loss: 'bce' (on the Yes logit, the reference) or 'ce' (cross-entropy on the answer token).
         eval_batch_size: prompts per forward pass when evaluating.
+        group_by_length: draw training batches from prompts of similar length (shuffled groups of
+            50 batches sorted by length), so a batch pads less (compute on padding is wasted).
         seed: data order and LoRA init.
     """
 
@@ -57,6 +59,7 @@ class TuneConfig:
     weight_decay: float = 1e-3
     loss: str = "bce"
     eval_batch_size: int = 32
+    group_by_length: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -198,7 +201,8 @@ def tune(base_model: Any, tokenizer: Any, train: PromptSet, valid: PromptSet, cf
         metric_for_best_model="auc", greater_is_better=True, logging_steps=max(1, min(10, cfg.eval_steps)),
         report_to=[], use_cpu=use_cpu, bf16=bf16, seed=cfg.seed, data_seed=cfg.seed,
         remove_unused_columns=False, dataloader_num_workers=0, ddp_find_unused_parameters=False,
-        disable_tqdm=not progress or not is_terminal(), label_names=["labels", "users"], save_only_model=False)
+        disable_tqdm=not progress or not is_terminal(), label_names=["labels", "users"], save_only_model=False,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random")
     class _LogEvaluations(TrainerCallback):
         """One line per evaluation round, so a log (no progress bar) shows how tuning goes."""
 

@@ -227,3 +227,46 @@ def test_real_smollm2_scores_prompts():
     ps, labels = b.for_rows(prep, rows)
     s = scoring.Scorer(model, tok, batch_size=4).score(ps)
     assert s.shape == (8,) and np.isfinite(s).all() and len(set(np.round(s, 3))) > 1
+
+
+def _padding_share(tiny, tmp_path, group: bool) -> float:
+    """Share of padded positions in the training batches tune() builds."""
+    model, tok = scoring.load_llm(str(tiny), dtype="float32", device="cpu")
+    rng = np.random.default_rng(3)
+    n = 400  # the sampler sorts groups of min(n // 32, 50) batches: 12 here
+    # prompts of very different lengths, so random batches pad a lot
+    ps = [f'#Question: {" ".join(["Alpha (1999)"] * int(k))}? Answer with "Yes" or "No". \n#Answer:'
+          for k in rng.integers(1, 12, n)]
+    s = tuning.PromptSet(scoring.tokenize(tok, ps), rng.integers(0, 2, n), rng.integers(1, 5, n))
+    seen: list[tuple[int, int]] = []
+    orig = tuning._Collator.__call__
+
+    def spy(self, batch):
+        out = orig(self, batch)
+        if out["input_ids"].shape[0] == 8 and len(seen) < 8:  # the training batches come first
+            seen.append((int(out["attention_mask"].sum()), out["attention_mask"].numel()))
+        return out
+
+    tuning._Collator.__call__ = spy  # type: ignore[method-assign]
+    try:
+        cfg = tuning.TuneConfig(lr=1e-3, batch_size=8, max_steps=8, eval_steps=8, eval_batch_size=16,
+                                warmup_steps=0, group_by_length=group)
+        tuning.tune(model, tok, s, tuning.PromptSet(s.ids[:16], s.labels[:16], s.users[:16]), cfg,
+                    tmp_path / str(group), progress=False)
+    finally:
+        tuning._Collator.__call__ = orig  # type: ignore[method-assign]
+    assert len(seen) == 8
+    return 1 - sum(a for a, _ in seen) / sum(b for _, b in seen)
+
+
+def test_length_grouped_batches_pad_less(tiny, tmp_path):
+    grouped, shuffled = _padding_share(tiny, tmp_path, True), _padding_share(tiny, tmp_path, False)
+    assert grouped < 0.5 * shuffled, (grouped, shuffled)
+
+
+def test_training_attention_override(tiny):
+    assert scoring.training_attention("cpu") == "eager" and scoring.training_attention("cuda:0") is None
+    model, _ = scoring.load_llm(str(tiny), dtype="float32", device="cpu", attn_implementation="eager")
+    assert model.config._attn_implementation == "eager"
+    model, _ = scoring.load_llm(str(tiny), dtype="float32", device="cpu")
+    assert model.config._attn_implementation != "eager"  # the model's default (sdpa) otherwise

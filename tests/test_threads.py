@@ -80,3 +80,34 @@ def test_stage_sets_and_restores():
         with threads.stage("hash"):
             raise RuntimeError("boom")
     assert torch.get_num_threads() == 2
+
+
+def _child(code: str, **env: str) -> str:
+    import os
+    import subprocess
+    import sys
+
+    from conftest import PKG_PARENT
+
+    e = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    e.update(env, PYTHONPATH=str(PKG_PARENT))
+    r = subprocess.run([sys.executable, "-c", code], env=e, cwd=PKG_PARENT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def test_configure_openmp_before_torch_only():
+    probe = ("import os; from binllm import threads; "
+             "print(threads.configure_openmp(), os.environ.get('OMP_WAIT_POLICY'))")
+    assert _child(probe) == "True PASSIVE"
+    assert _child(probe, OMP_WAIT_POLICY="ACTIVE") == "True ACTIVE"  # the user's value wins
+    assert _child("import torch; " + probe) == "False None"  # too late: OpenMP has read its settings
+
+
+def test_cli_sets_passive_before_torch_and_doctor_reports_it():
+    out = _child("import json, contextlib, io, sys\nfrom binllm import cli\nf = io.StringIO()\n"
+                 "with contextlib.redirect_stdout(f): cli.main(['doctor', '--json'])\n"
+                 "print(json.loads(f.getvalue())['openmp_wait_policy'], 'torch' in sys.modules)")
+    assert out == "PASSIVE False"
+    assert threads.openmp_policy().startswith("OpenMP wait policy: ")
