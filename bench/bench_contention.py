@@ -177,7 +177,7 @@ def main() -> None:
                 f"`busy` = next to {args.busy} processes spinning in Python loops. `before` runs every "
                 "stage with torch's default thread count; `after` with binllm.threads' per-stage plan. Target: "
                 "after busy <= 2x after quiet, and after quiet <= 1.1x before quiet.")
-    print(open(os.path.join(os.path.dirname(__file__), "results", name + ".md")).read().split("Environment")[0])
+    print(open(os.path.join(os.path.dirname(__file__), "results", name + ".md")).read().split("Machine facts")[0])
 
 
 if __name__ == "__main__":
