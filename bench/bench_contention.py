@@ -224,7 +224,7 @@ def main() -> None:
                 "every stage with torch's default thread count and OpenMP's default wait policy; `after` with "
                 "binllm.threads' per-stage plan and OMP_WAIT_POLICY=PASSIVE (each variant in its own process). "
                 "Target: after busy <= 2x after quiet, and after quiet <= 1.1x before quiet.")
-    print(open(os.path.join(os.path.dirname(__file__), "results", name + ".md")).read().split("Environment")[0])
+    print(open(os.path.join(os.path.dirname(__file__), "results", name + ".md")).read().split("Machine facts")[0])
 
 
 if __name__ == "__main__":

@@ -183,7 +183,7 @@ def main() -> None:
     name = "torch_ops_quick" if args.quick else "torch_ops"
     path = write_table(name, rows, ["bench", "d", "variant", "ms", "min_ms", "max_ms", "vs_today", "first_call_s",
                                     "repeats"], env, notes)
-    print(path.read_text().split("Environment")[0])
+    print(path.read_text().split("Machine facts")[0])
 
 
 if __name__ == "__main__":

@@ -172,6 +172,38 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- bench
+
+
+def _bench_args(p: argparse.ArgumentParser) -> None:
+    # the suite is checked by binllm.bench (not argparse choices), so a wrong one is one line, exit 2
+    p.add_argument("suite", metavar="SUITE", help="codes, data, hashing or llm")
+    p.add_argument("--quick", action="store_true", help="small sizes (codes: under a minute on 2 cores)")
+    p.add_argument("--out", default="bench-results", help="output folder for SUITE[_quick].md, .csv and .png")
+
+
+@command("bench", "benchmark suites: machine facts and limits, then binllm vs every installed peer "
+                  "(each checked equal first)", _bench_args)
+def _bench(args: argparse.Namespace) -> int:
+    from . import bench
+    from .bench.peers import PeerMismatch
+    from .bench.report import table_text
+
+    bench.check_suite(args.suite)  # the user's mistakes: one line, exit 2
+    bench.check_out_dir(args.out)
+    try:
+        path = bench.run(args.suite, args.out, quick=args.quick, progress=not args.quiet)
+    except PeerMismatch as e:  # a wrong peer is a failed benchmark, not a user mistake: exit 1
+        print(f"binllm bench: FAIL: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except _user_errors() as e:
+        # past the checks above an error is the benchmark's own failure: shown whole, not as a user mistake
+        raise RuntimeError(f"binllm bench {args.suite} failed: {_one_line(e)}") from e
+    print(table_text(path.read_text(encoding="utf-8")))
+    print(f"wrote {path} and its .csv (and .png with matplotlib)")
+    return 0
+
+
 # ---------------------------------------------------------------- prepare
 
 
