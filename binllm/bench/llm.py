@@ -179,28 +179,38 @@ def run(out_dir: str | Path, quick: bool = False, n: int = 96, batch: int = 16, 
                          "note": f"{n} prompts, {ntok / n:.0f} tokens each ({ntok / t['median']:.0f} "
                                  f"tokens/s), batch {batch}, median of {int(t['n'])}"
                                  + (f"; Pearson r with float32 scores {agree:.4f}" if "bf16" in name else "")})
-    # tuning throughput: float32 (0.1's CPU path) vs bf16 autocast with float32 weights (the CPU path now)
+    # tuning throughput, side by side: 0.1's CPU path (float32, the model's fused attention, shuffled batches),
+    # session 2's (bf16 autocast), and today's (+ eager attention, length-grouped batches; then without LoRA dropout)
     labels = prep.rows.iloc[rows[:n]]["label"].to_numpy()
     users = prep.rows.iloc[rows[:n]]["uid"].to_numpy()
     s = tuning.PromptSet(ids, labels, users)
-    steps = 2 if quick else 6
-    for name, bf16 in (("float32", False), ("bf16 autocast, float32 weights", True)):
+    steps = 2 if quick else 8
+    tune_variants = [  # name, bf16 autocast, attention (None: the model's default), grouped batches, LoRA dropout
+        ("float32 (0.1)", False, None, False, 0.05),
+        ("bf16 autocast, float32 weights", True, None, False, 0.05),
+        ("bf16 autocast + eager attention + length-grouped batches", True, "eager", True, 0.05),
+        ("... + LoRA dropout 0", True, "eager", True, 0.0)]
+    base_rate = None
+    for name, bf16, attn, grouped, dropout in tune_variants:
         say(f"tuning, {name}, {steps} steps")
         tmp = tempfile.mkdtemp()
         try:
-            base, tok2 = scoring.load_llm("smollm2", device="cpu", dtype="float32")
+            base, tok2 = scoring.load_llm("smollm2", device="cpu", dtype="float32", attn_implementation=attn)
             t0 = time.perf_counter()
             tuning.tune(base, tok2, s, tuning.PromptSet(ids[:8], labels[:8], users[:8]),
-                        tuning.TuneConfig(batch_size=8, max_steps=steps, eval_steps=steps, warmup_steps=0), tmp,
+                        tuning.TuneConfig(batch_size=8, max_steps=steps, eval_steps=steps, warmup_steps=0,
+                                          group_by_length=grouped, lora_dropout=dropout), tmp,
                         progress=False, bf16=bf16)
             dt_s = time.perf_counter() - t0
             rate = steps * 8 * ntok / n / dt_s
+            base_rate = base_rate or rate
             dt = "bfloat16" if bf16 else "float32"
             rows_out.append({"section": "tuning", "impl": f"binllm tune (LoRA r8 q,v; BCE on Yes logit), {name}",
-                             "value": rate, "unit": "tokens/s",
+                             "value": rate, "unit": "tokens/s", "vs_binllm": base_rate / rate,
                              **bound_by(rate, [(f"torch {dt} matmul rate", flops[dt] / (4 * params))]),
                              "note": f"{steps} steps of batch 8 + one 8-prompt evaluation in {dt_s:.1f}s "
-                                     f"({dt_s / steps:.2f} s/step)"})
+                                     f"({dt_s / steps:.2f} s/step; {rate / base_rate:.2f}x the float32 path; "
+                                     "tokens/s counts prompt tokens, not padding)"})
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     say("sharded scoring: 1 process vs torchrun with 2")
