@@ -202,6 +202,62 @@ def test_topk_heavy_ties(rng):
         np.testing.assert_array_equal(i, ri)
 
 
+def topk_block(d):
+    """Items per top-k block in csrc/core/ops.cpp (kTopkBlockBytes / nbytes(d), clamped to 64..8192)."""
+    return min(8192, max(64, 32768 // ((d + 7) // 8)))
+
+
+@pytest.mark.usefixtures("variant")
+@pytest.mark.parametrize("d", [32, 64, 120, 128, 200, 250, 256, 1000])
+def test_topk_tiles(rng, d):
+    # top-k filters item blocks for groups of up to 64 queries, the first block in growing
+    # steps, and on AVX2 a nibble-split copy of each block (16/32-byte codes, >= 4 queries):
+    # m past two blocks and not a multiple of 8, n past one group (a second group of 6),
+    # k past a block, packed and strided items
+    m = 2 * topk_block(d) + 13
+    q = random_codes(rng, 70, d)
+    items = random_codes(rng, m, d)
+    for k in (1, 10, topk_block(d) + 5):
+        s, i = binllm.topk(q, items, d, k)
+        rs, ri = ref_topk(q, items, d, k)
+        np.testing.assert_array_equal(s, rs)
+        np.testing.assert_array_equal(i, ri)
+    wide = random_codes(rng, 2 * m, d)[1::2]  # row stride 2 * nbytes(d)
+    s, i = binllm.topk(q[::3], wide, d, 7)
+    rs, ri = ref_topk(q[::3], wide, d, 7)
+    np.testing.assert_array_equal(s, rs)
+    np.testing.assert_array_equal(i, ri)
+
+
+@pytest.mark.usefixtures("variant")
+@pytest.mark.parametrize("d", [32, 128, 256])
+def test_topk_ties_across_tiles(rng, d):
+    # 5 distinct codes over m > 2 blocks: every score ties with items in every block, so the
+    # order is decided by index alone, across blocks and query groups; k = m sorts them all
+    m = 2 * topk_block(d) + 29
+    items = random_codes(rng, 5, d)[rng.integers(0, 5, m)]
+    q = random_codes(rng, 9, d)
+    for k in (1, 3, topk_block(d) + 1, m):
+        s, i = binllm.topk(q, items, d, k)
+        rs, ri = ref_topk(q, items, d, k)
+        np.testing.assert_array_equal(s, rs)
+        np.testing.assert_array_equal(i, ri)
+
+
+@pytest.mark.usefixtures("variant")
+@pytest.mark.parametrize("d", [64, 128, 192, 256, 512, 1000, 1984, 2047, 2048])
+def test_scores_every_bit_differs(d):
+    # the largest distances: the byte-count sums of the popcount paths (SWAR words summed
+    # per byte in the generic variant, nibble counts summed per byte in AVX2) must not overflow
+    ones, zeros = ref_pack(np.ones((9, d))), ref_pack(-np.ones((17, d)))
+    assert (binllm.hamming_all(ones, zeros, d) == d).all()
+    assert (binllm.hamming_rows(ones, zeros[:9], d) == d).all()
+    s, i = binllm.topk(ones, zeros, d, 3)
+    assert (s == -d).all() and (i == [0, 1, 2]).all()
+    s, i = binllm.topk(ones, np.concatenate([zeros, ones[:1]]), d, 2)
+    assert (s == [d, -d]).all() and (i == [17, 0]).all()
+
+
 def test_torch_in_torch_out():
     d = 40
     x = torch.randn(9, d)

@@ -22,10 +22,17 @@ struct CpuKernels {
                         int64_t ldi, int64_t d, int32_t* out);
   void (*score_row_i16)(ScoreKind kind, const uint8_t* q, const uint8_t* items, int64_t m,
                         int64_t ldi, int64_t d, int16_t* out);
+  // A faster layout, for this variant, of an item block that several queries
+  // filter: writes items [0, r) to out (room for 2 * nbytes(d) bytes per
+  // item) and returns r = m rounded down to a multiple of 8; returns 0 and
+  // writes nothing when the variant has no such layout for d.
+  int64_t (*split_items)(const uint8_t* items, int64_t m, int64_t ldi, int64_t d, uint8_t* out);
   // Items j < m whose Hamming distance to q is <= t: writes j and the distance,
   // in increasing j; returns how many. idx/dist hold room for m entries.
+  // split: nullptr, or items [0, m & ~7) in the split_items layout (the
+  // items themselves are still read for the rest).
   int64_t (*filter_row)(const uint8_t* q, const uint8_t* items, int64_t m, int64_t ldi, int64_t d,
-                        int32_t t, uint32_t* idx, uint16_t* dist);
+                        int32_t t, uint32_t* idx, uint16_t* dist, const uint8_t* split);
   // out[r] = score(a_r, b_r) for r in [r0, r1).
   void (*score_pairs)(ScoreKind kind, const uint8_t* a, int64_t lda, const uint8_t* b, int64_t ldb,
                       int64_t r0, int64_t r1, int64_t d, int32_t* out);

@@ -187,59 +187,120 @@ void score_all_i16(ScoreKind kind, const uint8_t* a, int64_t lda, int64_t n, con
   });
 }
 
+namespace {
+// Top-k tiling. Streaming all m items once per query reads them from L3 or
+// memory n times (3.2 MB per query at m = 100k, d = 256), which capped top-k
+// below the all-pairs rate at wide codes; instead a group of queries filters
+// one L1-sized block of items after another, so each block is fetched once
+// per group. Each query keeps its own running state between blocks.
+constexpr int64_t kTopkBlockBytes = 1 << 15;   // item block: about L1
+constexpr int64_t kTopkStateBytes = 1 << 18;   // distance histograms of a query group
+constexpr int64_t kTopkMaxGroup = 64;          // queries per group
+constexpr int64_t kTopkWarm = 256;             // first filter step of a query
+// Splitting a block (CpuKernels::split_items) costs about what it saves one
+// query, so it pays from a few queries per group on.
+constexpr int64_t kTopkSplitMin = 4;
+
+// The candidates of one query so far, in item order. Scores take only d + 1
+// values: a histogram of the candidates' distances tells when k of them beat
+// distance t, so t can only shrink and the filter rejects nearly every later
+// item without storing it.
+struct TopkQuery {
+  std::vector<uint32_t> idx;
+  std::vector<uint16_t> dist;
+  uint32_t* hist = nullptr;  // d + 1 counts, in the group's shared buffer
+  int32_t t = 0;             // no item farther than t can be in the top k
+  int64_t cnt = 0;           // candidates with distance <= t
+};
+}  // namespace
+
 void topk_dot(const uint8_t* q, int64_t ldq, int64_t n, const uint8_t* items, int64_t ldi, int64_t m, int64_t d,
               int64_t k, int32_t* scores, int64_t* indices) {
   const auto& kern = kernels();
-  constexpr int64_t kBlock = 1024;
-  parallel_for(n, grain_rows(m * nbytes(d)), [&](int64_t r0, int64_t r1) {
-    std::vector<uint32_t> bidx(kBlock);
-    std::vector<uint16_t> bdist(kBlock);
-    std::vector<int64_t> hist(static_cast<size_t>(d) + 1);
-    std::vector<uint32_t> cidx;
-    std::vector<uint16_t> cdist;
+  const int64_t nb = nbytes(d);
+  const int64_t block = std::clamp<int64_t>(kTopkBlockBytes / nb, 64, 8192);
+  const int64_t group = std::clamp<int64_t>(kTopkStateBytes / ((d + 1) * 4), 1, kTopkMaxGroup);
+  parallel_for(n, grain_rows(m * nb), [&](int64_t r0, int64_t r1) {
+    std::vector<uint32_t> bidx(static_cast<size_t>(block));
+    std::vector<uint16_t> bdist(static_cast<size_t>(block));
+    std::vector<uint8_t> split;
+    const int64_t g_max = std::min(group, r1 - r0);
+    std::vector<uint32_t> hist(static_cast<size_t>(g_max * (d + 1)));
+    std::vector<TopkQuery> st(static_cast<size_t>(g_max));
+    for (int64_t g = 0; g < g_max; ++g) st[g].hist = hist.data() + g * (d + 1);
     std::vector<std::pair<uint16_t, uint32_t>> best;
-    for (int64_t r = r0; r < r1; ++r) {
-      // Scores take only d + 1 values: a histogram of the candidates' distances
-      // tells when k of them beat distance t, so t can only shrink and the
-      // kernel rejects nearly every later item without storing it.
-      std::fill(hist.begin(), hist.end(), 0);
-      cidx.clear();
-      cdist.clear();
-      int32_t t = static_cast<int32_t>(d);
-      int64_t cnt = 0;  // candidates with distance <= t
-      for (int64_t j0 = 0; j0 < m; j0 += kBlock) {
-        const int64_t len = std::min(kBlock, m - j0);
-        const int64_t c = kern.filter_row(q + r * ldq, items + j0 * ldi, len, ldi, d, t, bidx.data(), bdist.data());
-        for (int64_t x = 0; x < c; ++x) {
-          cidx.push_back(static_cast<uint32_t>(j0) + bidx[x]);
-          cdist.push_back(bdist[x]);
-          ++hist[bdist[x]];
+    // Filters items [j0, j0 + len) (at `it`) for one query and updates its state.
+    // sp: nullptr or items [j0, j0 + (len & ~7)) in the split layout.
+    auto filter_step = [&](TopkQuery& s, const uint8_t* qr, const uint8_t* it, const uint8_t* sp, int64_t j0,
+                           int64_t len) {
+      // Once k candidates are within t, a later item at distance t would
+      // lose every tie to them (higher index): only < t can still enter.
+      const int32_t pass = s.cnt >= k ? s.t - 1 : s.t;
+      const int64_t c = kern.filter_row(qr, it, len, ldi, d, pass, bidx.data(), bdist.data(), sp);
+      for (int64_t x = 0; x < c; ++x) {
+        s.idx.push_back(static_cast<uint32_t>(j0) + bidx[x]);
+        s.dist.push_back(bdist[x]);
+        ++s.hist[bdist[x]];
+      }
+      s.cnt += c;
+      while (s.t > 0 && s.cnt - s.hist[s.t] >= k) {
+        s.cnt -= s.hist[s.t];
+        s.hist[s.t] = 0;
+        --s.t;
+      }
+      // Drop candidates beyond t once they are the majority: amortised
+      // O(1) per candidate, and the lists of a group stay small.
+      if (static_cast<int64_t>(s.idx.size()) > 2 * s.cnt + block) {
+        size_t w = 0;
+        for (size_t x = 0; x < s.idx.size(); ++x)
+          if (s.dist[x] <= s.t) s.idx[w] = s.idx[x], s.dist[w++] = s.dist[x];
+        s.idx.resize(w);
+        s.dist.resize(w);
+      }
+    };
+    for (int64_t g0 = r0; g0 < r1; g0 += g_max) {
+      const int64_t g1 = std::min(r1, g0 + g_max);
+      std::fill(hist.begin(), hist.end(), 0u);
+      for (auto& s : st) {
+        s.idx.clear();
+        s.dist.clear();
+        s.t = static_cast<int32_t>(d);
+        s.cnt = 0;
+      }
+      for (int64_t j0 = 0; j0 < m; j0 += block) {
+        const int64_t len = std::min(block, m - j0);
+        const uint8_t* sp = nullptr;
+        if (g1 - g0 >= kTopkSplitMin) {
+          if (split.empty()) split.resize(static_cast<size_t>(2 * nb * block));
+          if (kern.split_items(items + j0 * ldi, len, ldi, d, split.data()) > 0) sp = split.data();
         }
-        cnt += c;
-        while (t > 0 && cnt - hist[t] >= k) {
-          cnt -= hist[t];
-          hist[t] = 0;
-          --t;
-        }
-        if (static_cast<int64_t>(cidx.size()) > 4 * (cnt + kBlock)) {
-          size_t w = 0;
-          for (size_t x = 0; x < cidx.size(); ++x)
-            if (cdist[x] <= t) cidx[w] = cidx[x], cdist[w++] = cdist[x];
-          cidx.resize(w);
-          cdist.resize(w);
+        for (int64_t r = g0; r < g1; ++r) {
+          TopkQuery& s = st[r - g0];
+          // Until t is tight nearly every item is a candidate, so the first
+          // block goes in growing steps (kTopkWarm items, then as many as
+          // seen so far) with t shrinking in between: a few hundred
+          // candidates per query instead of a whole block's.
+          for (int64_t a = 0; a < len;) {
+            const int64_t step = std::min(len - a, std::max(kTopkWarm, j0 + a));
+            // steps start at multiples of 8 (kTopkWarm is one), so the split layout stays aligned
+            filter_step(s, q + r * ldq, items + (j0 + a) * ldi, sp ? sp + 2 * nb * a : nullptr, j0 + a, step);
+            a += step;
+          }
         }
       }
-      // Candidates are in item order, so the first ties at t are the lowest indices.
-      int64_t ties = k - (cnt - hist[t]);
-      best.clear();
-      for (size_t x = 0; x < cidx.size(); ++x) {
-        if (cdist[x] < t || (cdist[x] == t && ties-- > 0)) best.emplace_back(cdist[x], cidx[x]);
-      }
-      std::stable_sort(best.begin(), best.end(),
-                       [](const auto& u, const auto& v) { return u.first < v.first; });
-      for (int64_t x = 0; x < k; ++x) {
-        scores[r * k + x] = score_from_popcount<ScoreKind::dot>(d, best[x].first);
-        indices[r * k + x] = best[x].second;
+      for (int64_t r = g0; r < g1; ++r) {
+        const TopkQuery& s = st[r - g0];
+        // Candidates are in item order, so the first ties at t are the lowest indices.
+        int64_t ties = k - (s.cnt - s.hist[s.t]);
+        best.clear();
+        for (size_t x = 0; x < s.idx.size(); ++x) {
+          if (s.dist[x] < s.t || (s.dist[x] == s.t && ties-- > 0)) best.emplace_back(s.dist[x], s.idx[x]);
+        }
+        std::stable_sort(best.begin(), best.end(), [](const auto& u, const auto& v) { return u.first < v.first; });
+        for (int64_t x = 0; x < k; ++x) {
+          scores[r * k + x] = score_from_popcount<ScoreKind::dot>(d, best[x].first);
+          indices[r * k + x] = best[x].second;
+        }
       }
     }
   });

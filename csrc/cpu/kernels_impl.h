@@ -186,15 +186,61 @@ inline uint64_t load_u64(const uint8_t* p) {
   std::memcpy(&v, p, 8);
   return v;
 }
-inline int32_t pc64(uint64_t v) { return __builtin_popcountll(v); }
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(__POPCNT__)
+// Baseline x86 (the generic variant) has no POPCNT instruction, and
+// __builtin_popcountll becomes a libgcc call per word. Counting bits per byte
+// with shifts and masks (SWAR) instead, and summing the bytes of up to 31
+// words (<= 248 per byte) with one multiply, is several times faster.
+#define BINLLM_SWAR_POPCOUNT 1
+#else
+#define BINLLM_SWAR_POPCOUNT 0
+#endif
+// The bit count of each byte of x, in that byte (<= 8).
+inline uint64_t byte_counts(uint64_t x) {
+  x -= (x >> 1) & 0x5555555555555555ull;
+  x = (x & 0x3333333333333333ull) + ((x >> 2) & 0x3333333333333333ull);
+  return (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0Full;
+}
+// The sum of the 8 bytes of b, when that sum is <= 255 (the multiply adds
+// all bytes into the top one).
+inline int32_t sum_bytes_small(uint64_t b) { return static_cast<int32_t>((b * 0x0101010101010101ull) >> 56); }
+// The sum of the 8 bytes of b, any byte values: pairs of bytes are added into
+// 16-bit fields first (<= 510 each, sum <= 2040).
+inline int32_t sum_bytes(uint64_t b) {
+  b = (b & 0x00FF00FF00FF00FFull) + ((b >> 8) & 0x00FF00FF00FF00FFull);
+  return static_cast<int32_t>((b * 0x0001000100010001ull) >> 48);
+}
+constexpr int kSwarWords = 31;  // words whose byte counts (<= 8 each) can be added per byte
+inline int32_t pc64(uint64_t v) {
+#if BINLLM_SWAR_POPCOUNT
+  return sum_bytes_small(byte_counts(v));
+#else
+  return __builtin_popcountll(v);
+#endif
+}
+// popcount(x_0 XOR y_0) + ... over nw 8-byte words, word k from word(k).
+template <class Word>
+inline int32_t words_popcount(int64_t nw, Word word) {
+  int32_t s = 0;
+#if BINLLM_SWAR_POPCOUNT
+  for (int64_t k0 = 0; k0 < nw; k0 += kSwarWords) {
+    const int64_t k1 = k0 + kSwarWords < nw ? k0 + kSwarWords : nw;
+    uint64_t acc = 0;
+    for (int64_t k = k0; k < k1; ++k) acc += byte_counts(word(k));
+    s += k1 - k0 <= 3 ? sum_bytes_small(acc) : sum_bytes(acc);  // 3 words: at most 192 bits
+  }
+#else
+  for (int64_t k = 0; k < nw; ++k) s += pc64(word(k));
+#endif
+  return s;
+}
 
 // popcount(a XOR b) over nb bytes; NB > 0 fixes the size at compile time.
 template <int NB>
 inline int32_t xor_popcount(const uint8_t* a, const uint8_t* b, int64_t nb) {
   if (NB > 0) nb = NB;
-  int32_t s = 0;
-  int64_t k = 0;
-  for (; k + 8 <= nb; k += 8) s += pc64(load_u64(a + k) ^ load_u64(b + k));
+  int64_t k = nb & ~int64_t(7);
+  int32_t s = words_popcount(nb >> 3, [&](int64_t w) { return load_u64(a + 8 * w) ^ load_u64(b + 8 * w); });
   if (k + 4 <= nb) {
     s += pc64(load_u32(a + k) ^ load_u32(b + k));
     k += 4;
@@ -214,9 +260,7 @@ struct QueryWords {
     for (int k = 0; k < W; ++k) w[k] = NB >= 8 ? load_u64(q + 8 * k) : 0;
   }
   inline int32_t popcount_xor(const uint8_t* item) const {
-    int32_t s = 0;
-    for (int k = 0; k < W; ++k) s += pc64(w[k] ^ load_u64(item + 8 * k));
-    return s;
+    return words_popcount(W, [&](int64_t k) { return w[k] ^ load_u64(item + 8 * k); });
   }
 };
 constexpr bool words_only(int NB) { return NB >= 16 && NB % 8 == 0; }
@@ -240,75 +284,154 @@ inline __m256i popcnt_lanes32(__m256i v) {
   return _mm256_madd_epi16(_mm256_maddubs_epi16(c, _mm256_set1_epi8(1)), _mm256_set1_epi16(1));
 #endif
 }
-// popcounts of 8 codes of 8 bytes (two vectors of 4), as 8 ordered 32-bit lanes.
+// popcounts of 8 codes of 8 bytes (two vectors of 4), as 8 ordered 32-bit
+// lanes, without VPOPCNTQ (the AVX-512 variant uses one zmm instead).
 inline __m256i popcnt_8x64(__m256i v0, __m256i v1) {
-#if BINLLM_AVX512
-  const __m256i p0 = _mm256_popcnt_epi64(v0), p1 = _mm256_popcnt_epi64(v1);
-#else
   const __m256i p0 = _mm256_sad_epu8(popcnt_bytes(v0), _mm256_setzero_si256());
   const __m256i p1 = _mm256_sad_epu8(popcnt_bytes(v1), _mm256_setzero_si256());
-#endif
   // lanes now [i0,i4,i1,i5,i2,i6,i3,i7] -> restore item order
   const __m256i mixed = _mm256_or_si256(p0, _mm256_slli_epi64(p1, 32));
   return _mm256_permutevar8x32_epi32(mixed, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
 }
+// The query held in registers for one row-kernel call: `y` for the 256-bit
+// paths and, with AVX-512, `z` for the 512-bit ones, each the query's NB
+// bytes repeated; zero for sizes without a SIMD path. Never more than NB
+// bytes are read from the row: a 4-byte row can end at the end of its buffer.
+struct QueryVec {
+  __m256i y;
+#if BINLLM_AVX512
+  __m512i z;
+#endif
+};
+template <int NB>
+inline QueryVec query_vector(const uint8_t* q) {
+  QueryVec v;
+  __m128i h = _mm_setzero_si128();
+  if (NB == 4) {
+    v.y = _mm256_set1_epi32(static_cast<int>(load_u32(q)));
+  } else if (NB == 8) {
+    v.y = _mm256_set1_epi64x(static_cast<long long>(load_u64(q)));
+  } else if (NB == 16) {
+    h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
+    v.y = _mm256_set_m128i(h, h);
+  } else if (NB == 32) {
+    v.y = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
+  } else {
+    v.y = _mm256_setzero_si256();  // no SIMD path for this size: nothing to read
+  }
+#if BINLLM_AVX512
+  if (NB == 4 || NB == 8)
+    v.z = _mm512_broadcast_i64x4(v.y);
+  else if (NB == 16)
+    v.z = _mm512_broadcast_i32x4(h);
+  else
+    v.z = _mm512_broadcast_i64x4(v.y);
+#endif
+  return v;
+}
 // Popcounts of items [j, j+8) for contiguous 4- or 8-byte codes.
 template <int NB>
-inline __m256i popcnt_block8(const uint8_t* q, const uint8_t* items, int64_t j) {
+inline __m256i popcnt_block8(const QueryVec& qv, const uint8_t* items, int64_t j) {
   if (NB == 4) {
-    const __m256i vq = _mm256_set1_epi32(static_cast<int>(load_u32(q)));
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(items + 4 * j));
-    return popcnt_lanes32(_mm256_xor_si256(v, vq));
+    return popcnt_lanes32(_mm256_xor_si256(v, qv.y));
   }
-  const __m256i vq = _mm256_set1_epi64x(static_cast<long long>(load_u64(q)));
+#if BINLLM_AVX512
+  // One zmm holds the 8 codes; keeping the low 32 bits of each 64-bit count
+  // (one permute) leaves them in item order.
+  const __m512i p = _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(items + 8 * j), qv.z));
+  const __m512i lo = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 0, 0, 0, 0, 0, 0, 0);
+  return _mm512_castsi512_si256(_mm512_permutexvar_epi32(lo, p));
+#else
   const __m256i* p = reinterpret_cast<const __m256i*>(items + 8 * j);
-  return popcnt_8x64(_mm256_xor_si256(_mm256_loadu_si256(p), vq),
-                     _mm256_xor_si256(_mm256_loadu_si256(p + 1), vq));
+  return popcnt_8x64(_mm256_xor_si256(_mm256_loadu_si256(p), qv.y),
+                     _mm256_xor_si256(_mm256_loadu_si256(p + 1), qv.y));
+#endif
 }
-// Popcounts of items [j, j+8) for contiguous 16- or 32-byte codes, as 8
-// ordered 32-bit lanes: byte counts per item are summed with SAD, then the
-// per-item partial sums are folded together with unpack/permute.
+#if BINLLM_AVX512
+// Popcounts of items [j, j+8) for contiguous 16- or 32-byte codes with
+// 512-bit VPOPCNTQ (one count per 64-bit word), as 8 ordered 32-bit lanes.
+// Word counts are <= 64, so two vectors' counts share each 64-bit lane (low
+// and high 32 bits): every shuffle and add of the word-summing tree then
+// serves two sets of items. About 2 instructions per pair at d = 256, where
+// the byte lookup of the AVX2 path (which this variant used to share) takes
+// about 10.
 template <int NB>
-inline __m256i popcnt_block8_wide(const __m256i* qv, const uint8_t* items, int64_t j) {
+inline __m256i popcnt_block8_zmm(__m512i qz, const uint8_t* items, int64_t j) {
+  const uint8_t* base = items + j * NB;
+  auto pc = [&](int a) { return _mm512_popcnt_epi64(_mm512_xor_si512(_mm512_loadu_si512(base + 64 * a), qz)); };
+  if (NB == 16) {
+    // 64-bit lane l: word l%2 of item l/2 (low half), of item 4 + l/2 (high half)
+    const __m512i s = _mm512_or_si512(pc(0), _mm512_slli_epi64(pc(1), 32));
+    // add the two words of each item: swap the 64-bit halves of every 128-bit lane
+    const __m512i t = _mm512_add_epi32(s, _mm512_shuffle_epi32(s, _MM_PERM_BADC));
+    // 32-bit lane 4i holds item i, lane 4i + 1 item 4 + i
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0);
+    return _mm512_castsi512_si256(_mm512_permutexvar_epi32(order, t));
+  }
+  // NB == 32. 64-bit lane l of s01: word l%4 of item l/4 (low), of item 2 + l/4 (high);
+  // s23 the same for items 4.. and 6..
+  const __m512i s01 = _mm512_or_si512(pc(0), _mm512_slli_epi64(pc(1), 32));
+  const __m512i s23 = _mm512_or_si512(pc(2), _mm512_slli_epi64(pc(3), 32));
+  // 128-bit lane L: words 2(L%2) + 0/1 summed, of s01 (low 64) and s23 (high 64)
+  const __m512i u = _mm512_add_epi32(_mm512_unpacklo_epi64(s01, s23), _mm512_unpackhi_epi64(s01, s23));
+  // add the other pair of words: swap neighbouring 128-bit lanes
+  const __m512i w = _mm512_add_epi32(u, _mm512_shuffle_i64x2(u, u, _MM_SHUFFLE(2, 3, 0, 1)));
+  // 32-bit lanes 0..3 hold items 0, 2, 4, 6; lanes 8..11 items 1, 3, 5, 7
+  const __m512i order = _mm512_setr_epi32(0, 8, 1, 9, 2, 10, 3, 11, 0, 0, 0, 0, 0, 0, 0, 0);
+  return _mm512_castsi512_si256(_mm512_permutexvar_epi32(order, w));
+}
+#endif
+// Popcounts of items [j, j+8) of 16- or 32-byte codes, as 8 ordered 32-bit
+// lanes, from bytes(c): the byte counts of 32-byte chunk c of the items
+// (item i starts at byte i * NB). The byte counts are first added byte-wise
+// with unpack/permute until each 8-byte group belongs to one item (at most 32
+// per byte: no overflow), so one SAD per 4 items finishes the sum instead of
+// one per vector followed by a tree of 64-bit adds.
+template <int NB, class Bytes>
+inline __m256i wide_counts8(Bytes bytes, int64_t j) {
   const __m256i z = _mm256_setzero_si256();
-  auto sad = [&](const uint8_t* p, __m256i qx) {
-    return _mm256_sad_epu8(popcnt_bytes(_mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), qx)), z);
-  };
   __m256i half[2];
   for (int h = 0; h < 2; ++h) {
-    const uint8_t* base = items + (j + 4 * h) * NB;
+    const int64_t c = (j + 4 * h) * NB / 32;
     if (NB == 16) {
-      // one vector = 2 items: [a0 b0 | a1 b1]
-      const __m256i v0 = sad(base, qv[0]), v1 = sad(base + 32, qv[0]);
-      const __m256i t = _mm256_add_epi64(_mm256_unpacklo_epi64(v0, v1), _mm256_unpackhi_epi64(v0, v1));
-      half[h] = _mm256_permute4x64_epi64(t, 0xD8);  // [i0 i2 | i1 i3] -> [i0 i1 | i2 i3]
+      // one chunk = 2 items of two 8-byte words: [a0 a1 | b0 b1], [c0 c1 | d0 d1]
+      const __m256i v0 = bytes(c), v1 = bytes(c + 1);
+      // [a0+a1 c0+c1 | b0+b1 d0+d1] -> 64-bit sums of items 0, 2, 1, 3
+      half[h] = _mm256_sad_epu8(_mm256_add_epi8(_mm256_unpacklo_epi64(v0, v1), _mm256_unpackhi_epi64(v0, v1)), z);
     } else {
-      __m256i v[4];
-      for (int k = 0; k < 4; ++k) v[k] = sad(base + 32 * k, qv[0]);
-      const __m256i t01 = _mm256_add_epi64(_mm256_unpacklo_epi64(v[0], v[1]), _mm256_unpackhi_epi64(v[0], v[1]));
-      const __m256i t23 = _mm256_add_epi64(_mm256_unpacklo_epi64(v[2], v[3]), _mm256_unpackhi_epi64(v[2], v[3]));
-      half[h] = _mm256_add_epi64(_mm256_permute2x128_si256(t01, t23, 0x20), _mm256_permute2x128_si256(t01, t23, 0x31));
+      __m256i v[4];  // item k: [w0 w1 | w2 w3]
+      for (int k = 0; k < 4; ++k) v[k] = bytes(c + k);
+      // [a0+a1 b0+b1 | a2+a3 b2+b3], the same for c, d
+      const __m256i t01 = _mm256_add_epi8(_mm256_unpacklo_epi64(v[0], v[1]), _mm256_unpackhi_epi64(v[0], v[1]));
+      const __m256i t23 = _mm256_add_epi8(_mm256_unpacklo_epi64(v[2], v[3]), _mm256_unpackhi_epi64(v[2], v[3]));
+      // [a b | c d] -> 64-bit sums of items 0, 1, 2, 3
+      const __m256i u = _mm256_add_epi8(_mm256_permute2x128_si256(t01, t23, 0x20),
+                                        _mm256_permute2x128_si256(t01, t23, 0x31));
+      half[h] = _mm256_sad_epu8(u, z);
     }
   }
   const __m256i mixed = _mm256_or_si256(half[0], _mm256_slli_epi64(half[1], 32));
-  return _mm256_permutevar8x32_epi32(mixed, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
+  // mixed holds items [0 4 2 6 1 5 3 7] (NB = 16) or [0 4 1 5 2 6 3 7] (NB = 32)
+  const __m256i order = NB == 16 ? _mm256_setr_epi32(0, 4, 2, 6, 1, 5, 3, 7) : _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+  return _mm256_permutevar8x32_epi32(mixed, order);
 }
-// The query as a vector for the 16- and 32-byte paths. The 4- and 8-byte
-// paths broadcast the query themselves and must not read 32 bytes of a
-// 4-byte row, so they get a zero vector.
+// Popcounts of items [j, j+8) for contiguous 16- or 32-byte codes.
 template <int NB>
-inline __m256i query_vector(const uint8_t* q) {
-  if (NB == 16) {
-    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
-    return _mm256_set_m128i(h, h);
-  }
-  if (NB == 32) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
-  return _mm256_setzero_si256();
+inline __m256i popcnt_block8_wide(__m256i qy, const uint8_t* items, int64_t j) {
+  return wide_counts8<NB>([&](int64_t c) {
+    return popcnt_bytes(_mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(items + 32 * c)), qy));
+  }, j);
 }
+// Popcounts of items [j, j+8) of contiguous NB-byte codes, in item order.
 template <int NB>
-inline __m256i popcnt_any8(const __m256i* qv, const uint8_t* q, const uint8_t* items, int64_t j) {
-  if (NB == 4 || NB == 8) return popcnt_block8<NB>(q, items, j);
-  return popcnt_block8_wide<NB>(qv, items, j);
+inline __m256i popcnt_any8(const QueryVec& qv, const uint8_t* items, int64_t j) {
+  if (NB == 4 || NB == 8) return popcnt_block8<NB>(qv, items, j);
+#if BINLLM_AVX512
+  return popcnt_block8_zmm<NB>(qv.z, items, j);
+#else
+  return popcnt_block8_wide<NB>(qv.y, items, j);
+#endif
 }
 constexpr bool simd_nb(int NB) { return NB == 4 || NB == 8 || NB == 16 || NB == 32; }
 
@@ -323,6 +446,55 @@ inline void store8(int16_t* o, __m256i v) {
 }
 #endif
 
+// ---------------------------------------------------------------- split items
+
+// AVX2 without VPOPCNTQ counts bits by nibble lookup: per 32 bytes an XOR,
+// 3 instructions to split q XOR x into nibbles, 2 lookups and an add. Since
+// nibble(q ^ x) = nibble(q) ^ nibble(x), top-k splits each item block once
+// (split_items) when a group of queries filters it, and every query then
+// pays 5 instead of 7: 2 XORs, 2 lookups and an add. The split layout: for
+// each 32-byte chunk of the items' bytes (1 item of 32 bytes or 2 of 16), its
+// low nibbles (32 bytes) then its high nibbles (32 bytes).
+#define BINLLM_SPLIT (BINLLM_AVX2 && !BINLLM_AVX512)
+#if BINLLM_SPLIT
+constexpr bool split_nb(int NB) { return NB == 16 || NB == 32; }
+
+int64_t split_items(const uint8_t* items, int64_t m, int64_t ldi, int64_t d, uint8_t* out) {
+  const int64_t nb = nbytes(d);
+  if (!split_nb(static_cast<int>(nb))) return 0;
+  const int64_t r = m & ~int64_t(7);  // whole groups of 8: the split filter loop's unit
+  const __m256i low = _mm256_set1_epi8(0x0F);
+  for (int64_t c = 0; c < r * nb / 32; ++c) {
+    __m256i v;
+    if (nb == 32) {
+      v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(items + c * ldi));
+    } else {
+      const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(items + 2 * c * ldi));
+      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(items + (2 * c + 1) * ldi));
+      v = _mm256_set_m128i(b, a);
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 64 * c), _mm256_and_si256(v, low));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 64 * c + 32), _mm256_and_si256(_mm256_srli_epi16(v, 4), low));
+  }
+  return r;
+}
+
+// Popcounts of items [j, j+8) from the split layout; qlo/qhi: the query's
+// nibbles, laid out as one chunk.
+template <int NB>
+inline __m256i popcnt_block8_split(__m256i qlo, __m256i qhi, const uint8_t* split, int64_t j) {
+  const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1,
+                                       2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  return wide_counts8<NB>([&](int64_t c) {
+    const __m256i lo = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(split + 64 * c)), qlo);
+    const __m256i hi = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(split + 64 * c + 32)), qhi);
+    return _mm256_add_epi8(_mm256_shuffle_epi8(lut, lo), _mm256_shuffle_epi8(lut, hi));
+  }, j);
+}
+#else
+int64_t split_items(const uint8_t*, int64_t, int64_t, int64_t, uint8_t*) { return 0; }
+#endif
+
 // ---------------------------------------------------------------- scores
 
 template <ScoreKind K, int NB, class T>
@@ -331,8 +503,8 @@ void score_row_nb(const uint8_t* q, const uint8_t* items, int64_t m, int64_t ldi
 #if BINLLM_AVX2
   if (simd_nb(NB) && ldi == NB) {
     const __m256i vd = _mm256_set1_epi32(static_cast<int>(d));
-    const __m256i qv[1] = {query_vector<NB>(q)};
-    for (; j + 8 <= m; j += 8) store8(out + j, to_score8<K>(popcnt_any8<NB>(qv, q, items, j), vd));
+    const QueryVec qv = query_vector<NB>(q);
+    for (; j + 8 <= m; j += 8) store8(out + j, to_score8<K>(popcnt_any8<NB>(qv, items, j), vd));
   }
 #endif
   const int64_t nb = nbytes(d);
@@ -373,61 +545,99 @@ void score_row_i16(ScoreKind kind, const uint8_t* q, const uint8_t* items, int64
   score_row(kind, q, items, m, ldi, d, out);
 }
 
+#if BINLLM_AVX2
+// The SIMD part of filter_row: items [j, m & ~7) with pc8(j) the popcounts
+// of items [j, j+8) in order; appends to idx/dist at n and returns the next j.
+// Almost every item is rejected once the threshold is tight, so the hot path
+// is popcount + one compare and movemask per 16 items, no stores.
+template <class Pc8>
+inline int64_t filter_simd(Pc8 pc8, int64_t j, int64_t m, int32_t t, uint32_t* idx, uint16_t* dist, int64_t& n) {
+  const __m256i vt = _mm256_set1_epi32(t);
+  auto emit = [&](__m256i pc, int64_t j0) {
+    uint32_t keep = ~uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(pc, vt)))) & 0xFFu;
+    if (!keep) return;
+    alignas(32) int32_t pcs[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(pcs), pc);
+    while (keep) {
+      const int b = __builtin_ctz(keep);
+      keep &= keep - 1;
+      idx[n] = static_cast<uint32_t>(j0 + b);
+      dist[n++] = static_cast<uint16_t>(pcs[b]);
+    }
+  };
+  for (; j + 16 <= m; j += 16) {
+    const __m256i p0 = pc8(j), p1 = pc8(j + 8);
+    // some item is within t iff the smaller of each pair of counts is
+    const __m256i far = _mm256_cmpgt_epi32(_mm256_min_epi32(p0, p1), vt);
+    if (_mm256_movemask_ps(_mm256_castsi256_ps(far)) == 0xFF) continue;
+    emit(p0, j);
+    emit(p1, j + 8);
+  }
+  for (; j + 8 <= m; j += 8) emit(pc8(j), j);
+  return j;
+}
+#endif
+
 template <int NB>
 int64_t filter_row_nb(const uint8_t* q, const uint8_t* items, int64_t m, int64_t ldi, int64_t d,
-                      int32_t t, uint32_t* idx, uint16_t* dist) {
+                      int32_t t, uint32_t* idx, uint16_t* dist, const uint8_t* split) {
   int64_t n = 0, j = 0;
+  (void)split;
 #if BINLLM_AVX2
-  if (simd_nb(NB) && ldi == NB) {
-    // Almost every item is rejected once the threshold is tight, so the hot
-    // path is popcount + compare + movemask with no stores.
-    const __m256i vt = _mm256_set1_epi32(t);
-    const __m256i qv[1] = {query_vector<NB>(q)};
-    for (; j + 8 <= m; j += 8) {
-      const __m256i pc = popcnt_any8<NB>(qv, q, items, j);
-      uint32_t keep = ~uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(pc, vt)))) & 0xFFu;
-      if (!keep) continue;
-      alignas(32) int32_t pcs[8];
-      _mm256_store_si256(reinterpret_cast<__m256i*>(pcs), pc);
-      while (keep) {
-        const int b = __builtin_ctz(keep);
-        keep &= keep - 1;
-        idx[n] = static_cast<uint32_t>(j + b);
-        dist[n++] = static_cast<uint16_t>(pcs[b]);
-      }
+  if (simd_nb(NB)) {
+    const QueryVec qv = query_vector<NB>(q);
+#if BINLLM_SPLIT
+    if (split_nb(NB) && split) {
+      const __m256i low = _mm256_set1_epi8(0x0F);
+      const __m256i qlo = _mm256_and_si256(qv.y, low), qhi = _mm256_and_si256(_mm256_srli_epi16(qv.y, 4), low);
+      j = filter_simd([&](int64_t x) { return popcnt_block8_split<NB>(qlo, qhi, split, x); }, j, m, t, idx, dist, n);
     }
+#endif
+    if (ldi == NB)
+      j = filter_simd([&](int64_t x) { return popcnt_any8<NB>(qv, items, x); }, j, m, t, idx, dist, n);
   }
 #endif
+  // Distances of a chunk of items first, then the threshold test: the
+  // distance loop has no branch or conditional store, so the compiler can
+  // vectorize it like score_row (the generic variant's SWAR counts).
+  constexpr int64_t kChunk = 64;
+  int32_t h[kChunk];
   const int64_t nb = nbytes(d);
-  if (words_only(NB)) {
-    const QueryWords<NB> qw(q);
-    for (; j < m; ++j) {
-      const int32_t h = qw.popcount_xor(items + j * ldi);
-      if (h <= t) {
-        idx[n] = static_cast<uint32_t>(j);
-        dist[n++] = static_cast<uint16_t>(h);
+  const QueryWords<NB> qw(q);
+  for (; j < m; j += kChunk) {
+    const int64_t e = m - j < kChunk ? m - j : kChunk;
+    const uint8_t* it = items + j * ldi;
+    int32_t near = 0;  // some distance of the chunk is <= t
+    if (words_only(NB)) {
+      for (int64_t x = 0; x < e; ++x) {
+        h[x] = qw.popcount_xor(it + x * ldi);
+        near |= h[x] <= t;
+      }
+    } else {
+      for (int64_t x = 0; x < e; ++x) {
+        h[x] = xor_popcount<NB>(q, it + x * ldi, nb);
+        near |= h[x] <= t;
       }
     }
-    return n;
-  }
-  for (; j < m; ++j) {
-    const int32_t h = xor_popcount<NB>(q, items + j * ldi, nb);
-    if (h <= t) {
-      idx[n] = static_cast<uint32_t>(j);
-      dist[n++] = static_cast<uint16_t>(h);
+    if (!near) continue;  // the usual case once t is tight: no scan
+    for (int64_t x = 0; x < e; ++x) {
+      if (h[x] <= t) {
+        idx[n] = static_cast<uint32_t>(j + x);
+        dist[n++] = static_cast<uint16_t>(h[x]);
+      }
     }
   }
   return n;
 }
 
 int64_t filter_row(const uint8_t* q, const uint8_t* items, int64_t m, int64_t ldi, int64_t d, int32_t t,
-                   uint32_t* idx, uint16_t* dist) {
+                   uint32_t* idx, uint16_t* dist, const uint8_t* split) {
   switch (nbytes(d)) {
-    case 4: return filter_row_nb<4>(q, items, m, ldi, d, t, idx, dist);
-    case 8: return filter_row_nb<8>(q, items, m, ldi, d, t, idx, dist);
-    case 16: return filter_row_nb<16>(q, items, m, ldi, d, t, idx, dist);
-    case 32: return filter_row_nb<32>(q, items, m, ldi, d, t, idx, dist);
-    default: return filter_row_nb<0>(q, items, m, ldi, d, t, idx, dist);
+    case 4: return filter_row_nb<4>(q, items, m, ldi, d, t, idx, dist, split);
+    case 8: return filter_row_nb<8>(q, items, m, ldi, d, t, idx, dist, split);
+    case 16: return filter_row_nb<16>(q, items, m, ldi, d, t, idx, dist, split);
+    case 32: return filter_row_nb<32>(q, items, m, ldi, d, t, idx, dist, split);
+    default: return filter_row_nb<0>(q, items, m, ldi, d, t, idx, dist, split);
   }
 }
 
@@ -448,8 +658,8 @@ void score_pairs(ScoreKind kind, const uint8_t* a, int64_t lda, const uint8_t* b
 
 #define BINLLM_STR2(x) #x
 #define BINLLM_STR(x) BINLLM_STR2(x)
-const CpuKernels table = {BINLLM_STR(BINLLM_VARIANT), pack, score_row_i32, score_row_i16, filter_row,
-                          score_pairs};
+const CpuKernels table = {BINLLM_STR(BINLLM_VARIANT), pack, score_row_i32, score_row_i16, split_items,
+                          filter_row, score_pairs};
 
 }  // namespace
 }  // namespace BINLLM_VARIANT

@@ -250,6 +250,41 @@ void check_scores(std::mt19937_64& rng, int64_t n, int64_t m, int64_t d) {
   }
 }
 
+// Top-k past one item block and one query group (ops.cpp tiles queries x item
+// blocks, and on AVX2 filters a nibble-split copy of each block): m beyond
+// the block size and not a multiple of 8, k beyond a block, n beyond a group,
+// items drawn from `distinct` codes (ties within and across blocks), packed
+// and padded item strides.
+void check_topk_blocks(std::mt19937_64& rng, int64_t n, int64_t m, int64_t d, int64_t distinct) {
+  const int64_t nb = nb_of(d);
+  for (int64_t pad : {0, 5}) {
+    const int64_t ldb = nb + pad;
+    Buf<uint8_t> a = random_codes(rng, n, d, nb);
+    Buf<uint8_t> base = random_codes(rng, distinct, d, nb);
+    Buf<uint8_t> b(m > 0 ? (m - 1) * ldb + nb : 0);
+    for (int64_t j = 0; j < m; ++j)
+      std::memcpy(b.data() + j * ldb, base.data() + static_cast<int64_t>(rng() % uint64_t(distinct)) * nb, nb);
+    std::vector<std::vector<std::pair<int32_t, int64_t>>> want(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t j = 0; j < m; ++j) want[i].emplace_back(ref_hamming(a.data() + i * nb, b.data() + j * ldb, d), j);
+      std::stable_sort(want[i].begin(), want[i].end(), [](const auto& x, const auto& y) { return x.first < y.first; });
+    }
+    for (int64_t k : {int64_t(1), int64_t(10), int64_t(1100), m}) {
+      if (k > m) continue;
+      Buf<int32_t> sc(n * k);
+      Buf<int64_t> ix(n * k);
+      topk_dot(a.data(), nb, n, b.data(), ldb, m, d, k, sc.data(), ix.data());
+      bool same = true;
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t x = 0; x < k; ++x)
+          same &= sc[i * k + x] == static_cast<int32_t>(d) - 2 * want[i][x].first && ix[i * k + x] == want[i][x].second;
+      check(same, "topk blocks k=" + std::to_string(k) + " n=" + std::to_string(n) + " m=" + std::to_string(m) +
+                      " d=" + std::to_string(d) + " distinct=" + std::to_string(distinct) + " ldb=" +
+                      std::to_string(ldb));
+    }
+  }
+}
+
 // Balance (share of ones per bit) is computed in Python from unpack(bits); check the
 // bits unpacking sums on a tall matrix, the path balance() uses.
 void check_balance(std::mt19937_64& rng, int64_t d) {
@@ -440,6 +475,12 @@ int main(int argc, char** argv) {
       }
       check_pack(rng, 1200, 600);  // several threads
       check_scores(rng, 200, 300, 64);
+      check_topk_blocks(rng, 9, 2500, 256, 3);
+      check_topk_blocks(rng, 9, 2500, 256, 2500);
+      check_topk_blocks(rng, 4, 1100, 250, 4);
+      check_topk_blocks(rng, 70, 2100, 128, 5);
+      check_topk_blocks(rng, 5, 9000, 32, 7);
+      check_topk_blocks(rng, 5, 300, 1000, 2);
       check_threaded_text(rng);
       fuzz_parsers(rng, fuzz_rounds / 2);
     }
