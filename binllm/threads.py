@@ -5,9 +5,13 @@ cores are shared with other busy processes, a spinning worker burns the time
 slice its partner needs, and a loop of many small tensor ops (the hash model)
 slows down several-fold (measured on 2 cores next to two ``yes`` processes:
 7.2 s quiet, 49.8 s with torch's default 2 threads, 11.9 s with 1 thread).
-Small-op stages therefore run on one torch thread (no OpenMP region is
-forked at all), while the big matmuls of LLM scoring/tuning and binllm's own
-``std::thread`` kernels (which block instead of spinning) keep every core.
+Spinning is faster on a quiet machine, so the choice is made once, at start
+(:func:`configure_openmp`, called first thing by the command line): when
+other processes already keep the CPU busy, OpenMP workers sleep instead of
+spinning (``OMP_WAIT_POLICY=PASSIVE``) and the hash model runs on one torch
+thread; otherwise both keep torch's defaults. LLM scoring/tuning (big
+matmuls) and binllm's own ``std::thread`` kernels (which block instead of
+spinning) use every core either way.
 
 Stage kinds:
 
@@ -44,15 +48,20 @@ from collections.abc import Iterator
 KINDS: tuple[str, ...] = ("hash", "data", "llm", "kernels")
 ENV_VAR = "BINLLM_STAGE_THREADS"
 
-#: OpenMP settings the command line puts into the environment before torch loads
-#: (a value the user set wins). With the default (spin, then sleep) policy a
-#: torch worker that reaches a barrier first keeps spinning on its core; next
-#: to another busy process that spin takes the time slice its partner needs to
-#: finish, and every parallel region waits on the slower one. PASSIVE makes the
-#: waiting worker sleep at once. Measured on 2 cores: LoRA tuning of SmolLM2
-#: next to a busy process took ~30 s per step with the default policy and
-#: ~3 s with PASSIVE (1.5 s on a quiet machine).
+#: OpenMP settings for a machine that is busy when binllm starts (a value the
+#: user set wins). With OpenMP's default (spin, then sleep) a torch worker that
+#: reaches a barrier first keeps spinning; next to other busy processes that
+#: spin holds a core while its partner waits for one, and every parallel region
+#: waits on the slower worker. PASSIVE makes the waiting worker sleep at once,
+#: which costs time on a quiet machine (waking it up is slower than spinning).
+#: Measured on 2 cores, LoRA step of SmolLM2 (batch 8, bf16 autocast), s/step:
+#: default 1.81 quiet / 4.85 next to two busy processes; PASSIVE 2.34 / 3.04.
+#: So binllm picks PASSIVE only when the CPU is already busy at start.
 OPENMP_ENV: dict[str, str] = {"OMP_WAIT_POLICY": "PASSIVE"}
+#: Cores that other processes must keep busy, at start, for the machine to count as shared.
+BUSY_CORES = 0.5
+
+_startup: dict[str, object] = {}  # what configure_openmp saw and did (for doctor and describe)
 
 _override: dict[str, int] = {}
 _override_spec: str | None = None
@@ -81,14 +90,16 @@ def _env_int(name: str) -> int | None:
 def defaults() -> dict[str, int]:
     """The built-in thread count per kind, before overrides.
 
-    ``hash`` and ``data`` use 1 thread (bench/results/contention.md: small ops
-    gain little from a second thread and lose several-fold under contention).
+    ``data`` uses 1 thread (pandas/numpy; torch is not used). ``hash`` uses
+    every core, or 1 when :func:`configure_openmp` found the CPU busy at start
+    (bench/results/contention.md: its small ops lose several-fold to OpenMP
+    barriers next to busy processes, and gain little from a second core).
     ``llm`` uses every core, or ``OMP_NUM_THREADS`` when the user set it;
     ``kernels`` uses every core, or ``BINLLM_NUM_THREADS`` when set.
     """
     cores = available_cores()
     return {
-        "hash": 1,
+        "hash": 1 if _startup.get("shared") else cores,
         "data": 1,
         "llm": _env_int("OMP_NUM_THREADS") or cores,
         "kernels": _env_int("BINLLM_NUM_THREADS") or cores,
@@ -159,27 +170,62 @@ def plan() -> dict[str, int]:
     return p
 
 
-def configure_openmp() -> bool:
-    """Puts :data:`OPENMP_ENV` into ``os.environ`` where the user has not set
-    those variables. OpenMP reads them once, when torch loads it, so this must
-    run before ``import torch``: the command line calls it first thing; a
-    library user calls it at the top of a script (or sets the variables).
+def others_busy_cores(window_s: float = 0.25) -> float | None:
+    """Cores kept busy by other processes, sampled from /proc/stat over
+    `window_s` seconds (this process's own use subtracted); None where
+    /proc is missing (not Linux)."""
+    import time
+
+    def sample() -> tuple[float, float]:
+        with open("/proc/stat", encoding="ascii") as f:
+            v = [float(x) for x in f.readline().split()[1:]]
+        idle = v[3] + (v[4] if len(v) > 4 else 0.0)  # idle + iowait
+        return sum(v[:8]) - idle, time.monotonic()
+
+    try:
+        tick = os.sysconf("SC_CLK_TCK")
+        busy0, t0 = sample()
+        own0 = sum(os.times()[:2])
+        time.sleep(window_s)
+        busy1, t1 = sample()
+        own1 = sum(os.times()[:2])
+    except (OSError, ValueError):
+        return None
+    return max(0.0, ((busy1 - busy0) / tick - (own1 - own0)) / max(t1 - t0, 1e-6))
+
+
+def configure_openmp(window_s: float = 0.25) -> bool:
+    """Decides torch's OpenMP wait policy for this process: where the user set
+    no ``OMP_WAIT_POLICY`` and other processes keep at least
+    :data:`BUSY_CORES` busy now, puts :data:`OPENMP_ENV` into ``os.environ``
+    and makes the ``hash`` stage single-threaded (see :func:`defaults`).
+    OpenMP reads its settings once, when torch loads it, so this must run
+    before ``import torch``: the command line calls it first thing; a library
+    user calls it at the top of a script (or sets the variable).
 
     Returns whether it was in time (torch not imported yet)."""
     if "torch" in sys.modules:
+        _startup.update(decided=False, reason="torch was imported before binllm.threads.configure_openmp()")
         return False
-    for k, v in OPENMP_ENV.items():
-        os.environ.setdefault(k, v)
+    if "OMP_WAIT_POLICY" in os.environ:
+        _startup.update(decided=True, busy_cores=None, reason="OMP_WAIT_POLICY set by the user")
+        return True
+    busy = others_busy_cores(window_s)
+    shared = busy is not None and busy >= BUSY_CORES
+    if shared:
+        for k, v in OPENMP_ENV.items():
+            os.environ.setdefault(k, v)
+    _startup.update(decided=True, busy_cores=busy, shared=shared,
+                    reason=(f"{busy:.1f} cores busy with other processes at start" if busy is not None
+                            else "CPU load unknown (no /proc/stat)"))
     return True
 
 
 def openmp_policy() -> str:
-    """What torch's OpenMP waiting policy is (or will be) in this process, in words."""
-    v = os.environ.get("OMP_WAIT_POLICY")
-    if v is None:
-        return "OpenMP wait policy: default (spin then sleep; slow on a shared CPU: run binllm.threads." \
-               "configure_openmp() before importing torch)"
-    return f"OpenMP wait policy: {v}"
+    """What torch's OpenMP waiting policy is (or will be) in this process, and why, in words."""
+    v = os.environ.get("OMP_WAIT_POLICY", "default (spin, then sleep)")
+    why = _startup.get("reason")
+    return f"OpenMP wait policy: {v}" + (f" ({why})" if why else "")
 
 
 def describe() -> str:
