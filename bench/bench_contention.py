@@ -36,9 +36,9 @@ from binllm import threads  # noqa: E402  (torch is imported later: the child de
 
 from common import environment, write_table  # noqa: E402
 
-BUSY_SRC = ("import time\n"
-            "end = time.monotonic() + {limit}\n"
-            "while time.monotonic() < end:\n"
+BUSY_SRC = ("import os, time\n"
+            "parent, end = os.getppid(), time.monotonic() + {limit}\n"
+            "while time.monotonic() < end and os.getppid() == parent:  # never outlives this script\n"
             "    for _ in range(200000):\n"
             "        pass\n")
 
@@ -175,7 +175,7 @@ def child(variant: str, quick: bool, repeats: int) -> list[dict]:
             secs = timed(fn, repeats, warmup=kind != "hash")  # the hash stage is long and needs no warm-up
         rows.append({"stage": name, "kind": kind, "variant": VARIANTS[variant], "torch_threads": n_torch,
                      "kernel_threads": n_core, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
-                     "seconds": secs})
+                     "seconds": secs, "policy": threads.describe()})
         print(f"{name:45s} {variant:6s} torch={n_torch} kernels={n_core} {secs:.3f}s", file=sys.stderr, flush=True)
     threads.set_override(None)
     return rows
@@ -199,7 +199,7 @@ def main() -> None:
     for variant in VARIANTS:
         for cond, n_busy in (("quiet", 0), ("busy", args.busy)):
             cmd = [sys.executable, __file__, "--child", variant, "--repeats", str(repeats)]
-            with busy(n_busy, limit_s=1800):
+            with busy(n_busy, limit_s=4 * 3600):
                 out = subprocess.run(cmd + (["--quick"] if args.quick else []), env=env, check=True,
                                      stdout=subprocess.PIPE, text=True).stdout
             res[variant, cond] = json.loads(out.strip().splitlines()[-1])
@@ -219,15 +219,16 @@ def main() -> None:
                         and a_q["seconds"] <= 1.1 * b_q["seconds"] else "no")
     name = "contention_quick" if args.quick else "contention"
     env_info = environment()
-    env_info["policy"] = threads.describe()
+    env_info["policy"] = {f"{v} / {c}": rows_[0]["policy"] for (v, c), rows_ in res.items()}
     env_info["busy_processes"] = args.busy
     write_table(name, rows, ["stage", "kind", "variant", "quiet: torch threads / wait", "busy: torch threads / wait",
                              "kernel_threads", "quiet_s", "busy_s", "busy_over_quiet", "after_quiet_over_before",
                              "after_busy_over_before", "target_met"],
                 env_info,
-                f"CPU: {env_info['cpu']} ({env_info['cores']} cores). Seconds (hash model: per epoch, within a wall "
-                f"budget; tuning: per step), median of {repeats} timed call(s) per cell after one warm-up (none for "
-                f"the hash model); `busy` = next to {args.busy} processes spinning in Python loops. `before` runs "
+                f"CPU: {env_info['cpu']} ({threads.available_cores()} cores). Seconds (hash model: per epoch, "
+                f"within a wall budget; tuning: per step), median of {repeats} timed call(s) per cell after one "
+                f"warm-up (none for the hash model); `busy` = next to {args.busy} processes spinning in Python "
+                "loops. `before` runs "
                 "every stage with torch's default thread count and OpenMP's default wait policy; `after` as the "
                 "command line runs it: binllm.threads decides the wait policy and the hash stage's threads from "
                 "the load it sees at start (each variant and condition in its own process, the busy processes "

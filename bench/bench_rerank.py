@@ -96,7 +96,7 @@ def main() -> None:
     env = environment()
     env["torch_threads"] = torch.get_num_threads()
     notes = f"""
-SmolLM2-135M-Instruct (embedded GGUF, dequantised), float32, CPU ({env['cpu']}, {env['cores']} cores,
+SmolLM2-135M-Instruct (embedded GGUF, dequantised), float32, CPU ({env['cpu']}, {env['threads']['usable']} cores,
 {torch.get_num_threads()} torch threads). {args.users} ML-100K users x {args.candidates} random candidates =
 {n} prompts, template '{args.kind}' with {args.max_titles} history titles and 32-bit dotted codes; mean prompt
 {mean_len:.0f} tokens, of which {shared:.0f} are the shared per-user prefix. Scores agree to {diff:.1e} (max |diff|).

@@ -127,9 +127,9 @@ def _doctor(args: argparse.Namespace) -> int:
             info[pkg] = None
     try:
         info["stage_threads"] = threads.plan()
-        info["openmp_wait_policy"] = threads.openmp_policy().split(": ", 1)[1]
     except ValueError as e:  # a bad BINLLM_STAGE_THREADS: report it, doctor's job is to diagnose
         problems.append(str(e))
+    info["openmp_wait_policy"] = threads.openmp_policy().split(": ", 1)[1]
     if args.json:
         print(json.dumps(info, indent=2, default=str))
     else:
@@ -515,7 +515,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def main(argv: Sequence[str] | None = None) -> int:
     from . import threads
 
-    threads.configure_openmp()  # before any command's imports load torch (and with it OpenMP)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in argv if a in _COMMANDS), None)
+    if chosen is not None and "-h" not in argv and "--help" not in argv:
+        threads.configure_openmp()  # before the command's imports load torch (and with it OpenMP)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the traceback of an error")
     common.add_argument("--quiet", action="store_true", help="no progress output")
@@ -523,8 +526,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                                           "(also BINLLM_STAGE_THREADS)")
     parser = argparse.ArgumentParser(prog="binllm", description=(__doc__ or "").splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    chosen = next((a for a in argv if a in _COMMANDS), None)
     for name, (configure, _, help) in _COMMANDS.items():
         sp = sub.add_parser(name, help=help, description=help, parents=[common])
         if name == chosen:  # only the chosen command's flags: their configs import torch, doctor must not

@@ -60,6 +60,9 @@ ENV_VAR = "BINLLM_STAGE_THREADS"
 OPENMP_ENV: dict[str, str] = {"OMP_WAIT_POLICY": "PASSIVE"}
 #: Cores that other processes must keep busy, at start, for the machine to count as shared.
 BUSY_CORES = 0.5
+#: Carries the decision to child processes (torchrun ranks, subprocesses), which
+#: inherit OMP_WAIT_POLICY too and must not measure again: "1" shared, "0" quiet.
+SHARED_ENV = "BINLLM_CPU_SHARED"
 
 _startup: dict[str, object] = {}  # what configure_openmp saw and did (for doctor and describe)
 
@@ -99,7 +102,7 @@ def defaults() -> dict[str, int]:
     """
     cores = available_cores()
     return {
-        "hash": 1 if _startup.get("shared") else cores,
+        "hash": 1 if _cpu_shared() else (_env_int("OMP_NUM_THREADS") or cores),
         "data": 1,
         "llm": _env_int("OMP_NUM_THREADS") or cores,
         "kernels": _env_int("BINLLM_NUM_THREADS") or cores,
@@ -171,54 +174,77 @@ def plan() -> dict[str, int]:
 
 
 def others_busy_cores(window_s: float = 0.25) -> float | None:
-    """Cores kept busy by other processes, sampled from /proc/stat over
-    `window_s` seconds (this process's own use subtracted); None where
-    /proc is missing (not Linux)."""
+    """Cores this process may run on that other processes keep busy, sampled
+    from /proc/stat over `window_s` seconds (only the CPUs in this process's
+    affinity; its own use subtracted); None where that cannot be read."""
     import time
 
-    def sample() -> tuple[float, float]:
-        with open("/proc/stat", encoding="ascii") as f:
-            v = [float(x) for x in f.readline().split()[1:]]
-        idle = v[3] + (v[4] if len(v) > 4 else 0.0)  # idle + iowait
-        return sum(v[:8]) - idle, time.monotonic()
-
     try:
+        cpus = {f"cpu{i}" for i in os.sched_getaffinity(0)}
         tick = os.sysconf("SC_CLK_TCK")
-        busy0, t0 = sample()
-        own0 = sum(os.times()[:2])
+
+        def sample() -> float:
+            busy = 0.0
+            with open("/proc/stat", encoding="ascii") as f:
+                for line in f:
+                    name, *fields = line.split()
+                    if name in cpus:
+                        v = [float(x) for x in fields[:8]]  # guest time is already inside user/nice
+                        busy += sum(v) - v[3] - v[4]  # minus idle and iowait
+            return busy
+
+        busy0, t0, own0 = sample(), time.monotonic(), sum(os.times()[:2])
         time.sleep(window_s)
-        busy1, t1 = sample()
-        own1 = sum(os.times()[:2])
-    except (OSError, ValueError):
+        busy1, t1, own1 = sample(), time.monotonic(), sum(os.times()[:2])
+    except (OSError, ValueError, AttributeError, IndexError):  # no /proc, no sysconf, an odd line
         return None
     return max(0.0, ((busy1 - busy0) / tick - (own1 - own0)) / max(t1 - t0, 1e-6))
 
 
-def configure_openmp(window_s: float = 0.25) -> bool:
-    """Decides torch's OpenMP wait policy for this process: where the user set
-    no ``OMP_WAIT_POLICY`` and other processes keep at least
-    :data:`BUSY_CORES` busy now, puts :data:`OPENMP_ENV` into ``os.environ``
-    and makes the ``hash`` stage single-threaded (see :func:`defaults`).
-    OpenMP reads its settings once, when torch loads it, so this must run
-    before ``import torch``: the command line calls it first thing; a library
-    user calls it at the top of a script (or sets the variable).
+def _cpu_shared() -> bool:
+    """Whether the CPU counts as shared for this process (decided once; see :func:`configure_openmp`)."""
+    if "shared" not in _startup:
+        configure_openmp()
+    return bool(_startup.get("shared"))
 
-    Returns whether it was in time (torch not imported yet)."""
-    if "torch" in sys.modules:
-        _startup.update(decided=False, reason="torch was imported before binllm.threads.configure_openmp()")
-        return False
-    if "OMP_WAIT_POLICY" in os.environ:
-        _startup.update(decided=True, busy_cores=None, reason="OMP_WAIT_POLICY set by the user")
-        return True
-    busy = others_busy_cores(window_s)
-    shared = busy is not None and busy >= BUSY_CORES
-    if shared:
+
+def configure_openmp(window_s: float = 0.25) -> bool:
+    """Decides, once per process, whether the CPU is shared: other processes
+    keep at least :data:`BUSY_CORES` of this process's cores busy now. Then
+    the ``hash`` stage runs on one torch thread (see :func:`defaults`) and,
+    where the user set no ``OMP_WAIT_POLICY``, :data:`OPENMP_ENV` goes into
+    ``os.environ``. OpenMP reads it once, when torch loads, so that part needs
+    this to run before ``import torch``: the command line calls it first
+    thing; a library user calls it at the top of a script (or sets the
+    variable). Child processes inherit the decision (:data:`SHARED_ENV`);
+    torchrun ranks, which start together and would see each other, take the
+    CPU as quiet unless told.
+
+    Returns whether it was in time for OpenMP (torch not imported yet)."""
+    in_time = "torch" not in sys.modules
+    if "shared" in _startup:
+        return in_time
+    inherited = os.environ.get(SHARED_ENV)
+    if inherited in ("0", "1"):
+        shared, busy, reason = inherited == "1", None, f"{SHARED_ENV}={inherited} (from the parent process)"
+    elif int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1) > 1:
+        shared, busy, reason = False, None, "one of several local torchrun ranks: load not sampled"
+    else:
+        busy = others_busy_cores(window_s)
+        shared = busy is not None and busy >= BUSY_CORES
+        reason = (f"{busy:.1f} cores busy with other processes at start" if busy is not None
+                  else "CPU load unknown (no /proc/stat)")
+    user_policy = "OMP_WAIT_POLICY" in os.environ and inherited is None
+    if shared and in_time and not user_policy:
         for k, v in OPENMP_ENV.items():
             os.environ.setdefault(k, v)
-    _startup.update(decided=True, busy_cores=busy, shared=shared,
-                    reason=(f"{busy:.1f} cores busy with other processes at start" if busy is not None
-                            else "CPU load unknown (no /proc/stat)"))
-    return True
+    os.environ[SHARED_ENV] = "1" if shared else "0"
+    if user_policy:
+        reason += "; OMP_WAIT_POLICY set by the user"
+    elif not in_time:
+        reason += "; torch was loaded before binllm.threads.configure_openmp(), OpenMP's policy unchanged"
+    _startup.update(shared=shared, busy_cores=busy, reason=reason)
+    return in_time
 
 
 def openmp_policy() -> str:

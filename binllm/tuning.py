@@ -146,6 +146,18 @@ def _trainer_class():
     return YesNoTrainer
 
 
+def _length_grouping(on: bool) -> dict[str, object]:
+    """The TrainingArguments that turn length-grouped sampling on or off: transformers 5.x
+    releases before early 2026 name it `group_by_length`, later ones `train_sampling_strategy`."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    if any(f.name == "train_sampling_strategy" for f in dataclasses.fields(TrainingArguments)):
+        return {"train_sampling_strategy": "group_by_length" if on else "random"}
+    return {"group_by_length": on}
+
+
 def _compute_metrics(pred) -> dict:
     scores = np.asarray(pred.predictions).reshape(-1)
     labels, users = pred.label_ids
@@ -202,7 +214,7 @@ def tune(base_model: Any, tokenizer: Any, train: PromptSet, valid: PromptSet, cf
         report_to=[], use_cpu=use_cpu, bf16=bf16, seed=cfg.seed, data_seed=cfg.seed,
         remove_unused_columns=False, dataloader_num_workers=0, ddp_find_unused_parameters=False,
         disable_tqdm=not progress or not is_terminal(), label_names=["labels", "users"], save_only_model=False,
-        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random")
+        **_length_grouping(cfg.group_by_length))
     class _LogEvaluations(TrainerCallback):
         """One line per evaluation round, so a log (no progress bar) shows how tuning goes."""
 
