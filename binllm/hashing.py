@@ -10,8 +10,8 @@ paper's 256-d MF row) trains in the same loop.
 
 The loop (:func:`train`) is whole-tensor: each epoch draws a permutation and
 slices index batches from tensors, no DataLoader and no per-row Python; it
-runs in the ``hash`` thread stage (:mod:`binllm.threads`: one torch thread,
-fast and robust when the CPU is shared). Every evaluation writes an atomic
+runs in the ``hash`` thread stage (:mod:`binllm.threads`: every core on a
+quiet machine, one torch thread when the CPU is shared at start). Every evaluation writes an atomic
 checkpoint (config, model, optimizer, RNG state and the loop state, all plain
 dicts and tensors, so it loads with ``torch.load(weights_only=True)``);
 ``resume=True`` continues an interrupted run to the same result as an

@@ -170,10 +170,12 @@ def llm_stages(cfg: RunConfig) -> list[Stage]:
 
 def run(cfg: RunConfig, progress: bool = True) -> dict:
     """Runs (or resumes) the whole job; returns the evaluation summary."""
-    from . import data, hashing, scoring, tuning
+    from . import data, hashing, scoring, threads, tuning
     from .prompts import PromptConfig
 
     device = scoring.resolve_device(cfg.device)  # what needs torch is checked before any work
+    if progress:
+        log(threads.describe())  # a slow run on a shared machine then says how it ran
     out = Path(cfg.out)
     cfg_file = out / "run_config.json"
     if cfg_file.is_file():
