@@ -146,7 +146,7 @@ def _trainer_class():
     return YesNoTrainer
 
 
-def _length_grouping(on: bool) -> dict[str, object]:
+def _length_grouping(on: bool) -> dict[str, Any]:  # TrainingArguments keywords
     """The TrainingArguments that turn length-grouped sampling on or off: transformers 5.x
     releases before early 2026 name it `group_by_length`, later ones `train_sampling_strategy`."""
     import dataclasses
