@@ -176,8 +176,15 @@ def plan() -> dict[str, int]:
 def others_busy_cores(window_s: float = 0.25) -> float | None:
     """Cores this process may run on that other processes keep busy, sampled
     from /proc/stat over `window_s` seconds (only the CPUs in this process's
-    affinity; its own use subtracted); None where that cannot be read."""
+    affinity; its own use subtracted); None where that cannot be read.
+
+    Raises:
+        ValueError: `window_s` is not a number of seconds > 0.
+    """
     import time
+
+    if not (isinstance(window_s, (int, float)) and window_s > 0):
+        raise ValueError(f"window_s must be a number of seconds > 0; got {window_s!r}")
 
     try:
         cpus = {f"cpu{i}" for i in os.sched_getaffinity(0)}

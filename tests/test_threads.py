@@ -137,3 +137,9 @@ def test_cli_decides_before_torch_and_doctor_reports_it():
                  "with contextlib.redirect_stdout(f): cli.main(['doctor', '--json'])\n"
                  "print(json.loads(f.getvalue())['openmp_wait_policy'], 'torch' in sys.modules)")
     assert out.endswith("False") and ("cores busy with other processes at start" in out), out
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, "0.25", None])
+def test_others_busy_cores_rejects_bad_window(bad):
+    with pytest.raises(ValueError, match="window_s"):
+        threads.others_busy_cores(bad)

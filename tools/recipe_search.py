@@ -27,6 +27,7 @@ from pathlib import Path
 
 from binllm import data, metrics, stages
 from binllm._io import atomic_write_json, atomic_write_text
+from binllm.pipeline import RunConfig
 from binllm.prompts import PromptConfig
 from binllm.tuning import TuneConfig
 
@@ -40,10 +41,12 @@ class Config:
     from_text: bool = True  # two-step (from the text-only adapter) or one-step
 
 
-# The run's step-2 settings (pipeline.RunConfig defaults of version 0.2): 300 steps at lr 1e-3, batch 8,
-# LoRA r 8 (alpha 16) on q,v with dropout 0.05, evaluation every 50 steps.
-BASE = dict(lr=1e-3, max_steps=300, batch_size=8, eval_steps=50, patience=20, warmup_steps=20, lora_r=8,
-            lora_alpha=16, lora_dropout=0.05, seed=0)
+# The run's step-2 settings, from the one place that defines them (pipeline.RunConfig, as pipeline.run
+# builds its TuneConfig); LoRA dropout and the rest keep TuneConfig's defaults.
+_RUN = RunConfig()
+BASE = dict(lr=_RUN.step2_lr, max_steps=_RUN.step2_steps, batch_size=_RUN.batch_size, eval_steps=_RUN.eval_steps,
+            patience=_RUN.patience, warmup_steps=min(20, _RUN.step2_steps // 10), lora_r=_RUN.lora_r,
+            lora_alpha=2 * _RUN.lora_r, seed=_RUN.seed)
 
 CONFIGS = [
     Config("A", "today's recipe (lr 1e-3, r 8 q,v, dropout 0.05)"),
