@@ -14,7 +14,7 @@ first). :class:`PrefixScorer` runs that shared prefix once per group with
   (``expand``: a view, no copy). Suffixes of one batch are left-padded *after*
   the prefix: the attention mask zeroes the pads and explicit position ids
   continue from the prefix length, so each suffix's last real token is the
-  last column and ``logits_to_keep=1`` reads it (the vocabulary matmul runs
+  last column and ``logits_to_keep`` (the last position) reads it (the vocabulary matmul runs
   on one position per row, as in the full scorer). Batches are grouped by
   suffix length to keep pads few.
 * Works with a peft model (the adapter is active in the prefix pass too) and
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .scoring import answer_token_ids
+from .scoring import answer_token_ids, keep_last
 
 
 def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
@@ -129,7 +129,8 @@ class PrefixScorer:
         if p:
             prefix = torch.as_tensor([list(ids[0][:p])], dtype=torch.long, device=dev)
             res = self.model(input_ids=prefix, attention_mask=torch.ones_like(prefix),
-                             position_ids=torch.arange(p, device=dev)[None], use_cache=True, logits_to_keep=1)
+                             position_ids=torch.arange(p, device=dev)[None], use_cache=True,
+                             logits_to_keep=keep_last(p, dev))
             cache = getattr(res, "cache", None)
             if cache is None:
                 cache = res.past_key_values
@@ -150,7 +151,7 @@ class PrefixScorer:
             # positions continue from the prefix; pads get p (never read: masked as keys, last column is real)
             pos = (p + (m[:, p:].cumsum(-1) - 1).clamp(min=0))
             kwargs: dict[str, Any] = dict(input_ids=t.to(dev), attention_mask=m.to(dev), position_ids=pos.to(dev),
-                                          logits_to_keep=1)
+                                          logits_to_keep=keep_last(width, dev))
             if p:
                 kwargs.update({self._kw: _expanded_cache(kv, len(rows)), "use_cache": True})
             else:

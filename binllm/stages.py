@@ -427,8 +427,9 @@ def _score_llm(prep: Prepared, r: np.ndarray, model: str, adapter: str | os.Path
         if adapter is not None:
             from peft import PeftModel
 
-            # Not merged: merging into bf16 weights rounds the adapter (scores moved by ~0.005 AUC on 300
-            # rows) and measured no faster (7.48 vs 7.37 prompts/s, SmolLM2, bf16, 2 cores).
+            # Not merged: merging into bf16 weights rounds the adapter (scores moved by up to 0.24 on 96
+            # prompts, ~0.005 AUC on 300 rows), so the scores would not be those of the adapter that was
+            # validated. Unmerged costs little since scoring.keep_last (bench/results/llm.md).
             lm = PeftModel.from_pretrained(lm, str(adapter))
         sets = _prompt_sets(prep, cb, pc, tok, {"rows": r[mine]}, max_length)
         meta["mean_prompt_tokens"] = float(np.mean([len(x) for x in sets["rows"].ids])) if len(mine) else 0.0

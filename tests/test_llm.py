@@ -115,6 +115,27 @@ def test_scoring_equals_manual_forward(lm):
     np.testing.assert_allclose(got_p, ref[:, 1], rtol=1e-4, atol=1e-5)
 
 
+def test_last_logits_one_gemm_for_a_frozen_head(lm):
+    """With frozen weights (a base model under peft) the vocabulary projection of the last position
+    must stay one matrix product: slicing it with the int logits_to_keep=1 made torch expand the
+    output embedding to one copy per prompt (a batched matmul, ~2x slower scoring of SmolLM2)."""
+    model, tok = lm
+    for p in model.parameters():
+        p.requires_grad_(False)
+    ps = ['#Question: "Alpha (1999)"?', '#Question: A user liked "Beta (2000)". "Gamma (1990)"?', "None"] * 2
+    ids, mask, pos = scoring.collate_left(scoring.tokenize(tok, ps), tok.pad_token_id)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    with torch.inference_mode(), torch.profiler.profile(record_shapes=True) as prof:
+        got = scoring.last_logits(model, ids, mask, pos)
+    over_vocab = [e.input_shapes for e in prof.events()
+                  if e.name in ("aten::bmm", "aten::expand") and any(vocab in s for s in e.input_shapes if s)]
+    assert over_vocab == []
+    assert got.shape == (len(ps), vocab)
+    with torch.inference_mode():
+        full = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits[:, -1, :]
+    np.testing.assert_allclose(got.numpy(), full.numpy(), rtol=1e-5, atol=1e-5)
+
+
 def prompt_set(tok, n=48, seed=0):
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 2, n)

@@ -161,15 +161,33 @@ def run(out_dir: str | Path, quick: bool = False, n: int = 96, batch: int = 16, 
     # bf16 scores rank like the float32 ones (the AUC-relevant property)
     agree = float(np.corrcoef(ours, s16)[0, 1])
     bf16_name = f"binllm Scorer, bf16 weights (dtype='auto' on this CPU: {'bf16' if fast_bf16 else 'float32'})"
-    ours_name = "binllm Scorer (length-grouped, left-padded, logits_to_keep=1)"
+    ours_name = "binllm Scorer (length-grouped, left-padded, last position only)"
     say(f"scoring {n} prompts, {reps} repeat(s) a route")
     timings = {
         bf16_name: timeit(lambda: scorer16.score_ids(ids), reps),
+    }
+    # The run scores through a LoRA adapter (peft, unmerged): the base weights are frozen, which is where the
+    # int logits_to_keep=1 made torch copy the output embedding once per prompt (scoring.keep_last).
+    from peft import LoraConfig, get_peft_model
+
+    peft16 = get_peft_model(model16, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                                                task_type="CAUSAL_LM"))
+    scorer_lora = scoring.Scorer(peft16, tok, batch_size=batch)
+
+    def lora_int_keep() -> None:  # the same batches through the adapter with the int (before the fix)
+        with torch.inference_mode():
+            for t, m, p in batches:
+                peft16(input_ids=t, attention_mask=m, position_ids=p, logits_to_keep=1, use_cache=False)
+
+    timings.update({
+        "binllm Scorer, bf16 weights + LoRA adapter (peft, unmerged; as `binllm score` runs)":
+            timeit(lambda: scorer_lora.score_ids(ids), reps),
+        "bf16 + LoRA adapter, bare forward with the int logits_to_keep=1 (before)": timeit(lora_int_keep, reps),
         ours_name: timeit(lambda: scorer.score_ids(ids), reps),
         "bare model forward over the same batches": timeit(bare, reps),
         "generate(max_new_tokens=1, output_scores) batched, unsorted": timeit(gen_batched, reps),
         "generate(max_new_tokens=2, output_scores) one prompt at a time": timeit(gen_single, reps),
-    }
+    })
     t_ours = timings[ours_name]["median"]
     for name, t in timings.items():
         dt = "bfloat16" if "bf16" in name else "float32"
@@ -178,7 +196,7 @@ def run(out_dir: str | Path, quick: bool = False, n: int = 96, batch: int = 16, 
                          "vs_binllm": t["median"] / t_ours, **bound_by(n / t["median"], lim),
                          "note": f"{n} prompts, {ntok / n:.0f} tokens each ({ntok / t['median']:.0f} "
                                  f"tokens/s), batch {batch}, median of {int(t['n'])}"
-                                 + (f"; Pearson r with float32 scores {agree:.4f}" if "bf16" in name else "")})
+                                 + (f"; Pearson r with float32 scores {agree:.4f}" if name == bf16_name else "")})
     # tuning throughput, side by side: 0.1's CPU path (float32, the model's fused attention, shuffled batches),
     # session 2's (bf16 autocast), and today's (+ eager attention, length-grouped batches; then without LoRA dropout)
     labels = prep.rows.iloc[rows[:n]]["label"].to_numpy()
