@@ -106,9 +106,13 @@ def make_stages(quick: bool) -> dict[str, tuple[str, Callable[[], float]]]:
         data.prepare(data.read_ml100k(), "ml-100k")
         return 1
 
+    # scored through a LoRA adapter (peft, unmerged) in the loaded dtype, as `binllm score --adapter` runs
+    from peft import LoraConfig, get_peft_model
+
     lm, tok = scoring.load_llm(progress=False)
-    scorer = scoring.Scorer(lm, tok, batch_size=8)
-    rows = np.flatnonzero(prep.mask("test"))[: 8 if quick else 24]
+    lm = get_peft_model(lm, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    scorer = scoring.Scorer(lm, tok, batch_size=16)  # binllm score's default batch
+    rows = np.flatnonzero(prep.mask("test"))[: 8 if quick else 32]
     prompts, _ = PromptBuilder(PromptConfig(kind="text"), prep.titles).for_rows(prep, rows)
 
     def llm_stage() -> float:
@@ -117,8 +121,6 @@ def make_stages(quick: bool) -> dict[str, tuple[str, Callable[[], float]]]:
 
     # LoRA tuning steps the way stages.tune runs them on a CPU: float32 weights, eager attention, bf16
     # autocast where the CPU has AMX; one unit = one optimizer step on a batch of 8 prompts.
-    from peft import LoraConfig, get_peft_model
-
     base, _ = scoring.load_llm(dtype="float32", progress=False, attn_implementation=scoring.training_attention("cpu"))
     peft_model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05,
                                                  target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
@@ -154,11 +156,12 @@ def make_stages(quick: bool) -> dict[str, tuple[str, Callable[[], float]]]:
             f"binllm topk ({n_q}x{n_i:,}, d=32, k=10)": ("kernels", kernels_stage)}
 
 
+KINDS = ("hash", "data", "llm", "kernels")  # thread-stage kinds of binllm.threads, in the table's order
 VARIANTS = {"before": "before (torch default threads, OpenMP default wait)",
             "after": "after (binllm.threads: policy decided at start)"}
 
 
-def child(variant: str, quick: bool, repeats: int) -> list[dict]:
+def child(variant: str, quick: bool, repeats: int, kinds: list[str]) -> list[dict]:
     """Times every stage in this process, started quiet or next to busy processes by the parent.
     "after" decides like the command line does (binllm.threads.configure_openmp, before torch loads)."""
     if variant == "after":
@@ -170,6 +173,8 @@ def child(variant: str, quick: bool, repeats: int) -> list[dict]:
     threads.set_override(str(threads.available_cores()) if variant == "before" else None)
     rows = []
     for name, (kind, fn) in stages.items():
+        if kind not in kinds:
+            continue
         with threads.stage(kind):
             n_torch, n_core = torch.get_num_threads(), binllm.num_threads()
             secs = timed(fn, repeats, warmup=kind != "hash")  # the hash stage is long and needs no warm-up
@@ -186,11 +191,17 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smaller stages, 1 repeat: checks the script works")
     ap.add_argument("--repeats", type=int, default=None, help="timed calls per cell (default 3, quick 1)")
     ap.add_argument("--busy", type=int, default=2, help="busy processes next to the stage (default 2)")
+    ap.add_argument("--kinds", default=",".join(KINDS),
+                    help=f"comma-separated stage kinds to time (default all: {','.join(KINDS)}); a subset writes "
+                         "contention_<kinds>.md")
     ap.add_argument("--child", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     args = ap.parse_args()
     repeats = args.repeats or (1 if args.quick else 3)
+    kinds = [k for k in args.kinds.split(",") if k]
+    if not kinds or any(k not in KINDS for k in kinds):
+        ap.error(f"--kinds: expected a comma-separated subset of {','.join(KINDS)}; got {args.kinds!r}")
     if args.child:
-        print(json.dumps(child(args.child, args.quick, repeats)))
+        print(json.dumps(child(args.child, args.quick, repeats, kinds)))
         return
     # Each variant x condition in its own process: OpenMP reads its policy once, when torch loads, and binllm
     # decides it from the load it sees at start, so the busy processes start before the process does.
@@ -198,7 +209,7 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if k not in threads.OPENMP_ENV}
     for variant in VARIANTS:
         for cond, n_busy in (("quiet", 0), ("busy", args.busy)):
-            cmd = [sys.executable, __file__, "--child", variant, "--repeats", str(repeats)]
+            cmd = [sys.executable, __file__, "--child", variant, "--repeats", str(repeats), "--kinds", ",".join(kinds)]
             with busy(n_busy, limit_s=4 * 3600):
                 out = subprocess.run(cmd + (["--quick"] if args.quick else []), env=env, check=True,
                                      stdout=subprocess.PIPE, text=True).stdout
@@ -217,7 +228,7 @@ def main() -> None:
                         after_busy_over_before=a_b["seconds"] / b_b["seconds"],
                         target_met="yes" if a_b["seconds"] <= 2 * a_q["seconds"]
                         and a_q["seconds"] <= 1.1 * b_q["seconds"] else "no")
-    name = "contention_quick" if args.quick else "contention"
+    name = "contention" + ("" if kinds == list(KINDS) else "_" + "_".join(kinds)) + ("_quick" if args.quick else "")
     env_info = environment()
     env_info["policy"] = {f"{v} / {c}": rows_[0]["policy"] for (v, c), rows_ in res.items()}
     env_info["busy_processes"] = args.busy

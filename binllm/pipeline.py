@@ -79,8 +79,8 @@ class RunConfig:
     step1_lr: float = 1e-3
     step2_lr: float = 1e-3
     batch_size: int = 8
-    # Valid AUC every 100 updates: each round scores the 300 valid rows (~20 s on 2 CPU cores); rounds every
-    # 50 kept the same adapters in the committed run (best at step 100 of step 1, 200 of step 2).
+    # Valid AUC every 100 updates: each round scores the 300 valid rows (~20 s on 2 CPU cores); the
+    # rounds do not change training (tuning restores torch's generator after each).
     eval_steps: int = 100
     patience: int = 20
     lora_r: int = 8

@@ -125,6 +125,16 @@ def _trainer_class():
             super().__init__(*args, **kw)
             self.yes_id, self.no_id, self.loss_kind = yes_id, no_id, loss_kind
 
+        def evaluate(self, *args, **kw):
+            # An evaluation round draws from torch's CPU generator (each DataLoader iterator takes a base
+            # seed from it), which moved the LoRA dropout masks of every later step: how often one
+            # validated changed the adapter one trained. Restoring the state keeps training the same.
+            state = torch.random.get_rng_state()
+            try:
+                return super().evaluate(*args, **kw)
+            finally:
+                torch.random.set_rng_state(state)
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs["labels"]
             logits = last_logits(model, inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"]).float()

@@ -180,6 +180,22 @@ def test_tuning_lowers_loss_and_two_step_continues_adapter(tiny, tmp_path):
     assert json.loads((res2.adapter_dir / "binllm.json").read_text())["init_adapter"] == str(res.adapter_dir)
 
 
+def test_evaluation_rounds_do_not_change_training(tiny, tmp_path):
+    """Validating every 2 or every 4 updates must train the same adapter: an evaluation round
+    draws from torch's generator (a DataLoader seed), which used to move later dropout masks."""
+    _, tok = scoring.load_llm(str(tiny), dtype="float32", device="cpu")
+    tr, va = prompt_set(tok, 32), prompt_set(tok, 16, seed=1)
+    at_step4 = []
+    for every in (2, 4):
+        model, _ = scoring.load_llm(str(tiny), dtype="float32", device="cpu")
+        cfg = tuning.TuneConfig(lr=1e-2, batch_size=4, max_steps=4, eval_steps=every, warmup_steps=0,
+                                lora_dropout=0.3)
+        res = tuning.tune(model, tok, tr, va, cfg, tmp_path / f"every{every}", progress=False)
+        assert [h["step"] for h in res.history] == list(range(every, 5, every))
+        at_step4.append(res.history[-1]["eval_loss"])
+    assert at_step4[0] == at_step4[1]
+
+
 def test_tuning_resumes_from_checkpoint(tiny, tmp_path):
     model, tok = scoring.load_llm(str(tiny), dtype="float32", device="cpu")
     tr, va = prompt_set(tok, 32, 0), prompt_set(tok, 16, 1)
