@@ -236,8 +236,9 @@ def keep_last(width: int, device: Any):
     view, and when the output-embedding weight does not require grad (a frozen base
     model under peft) torch's matmul cannot fold the batch into one GEMM: it expands
     the weight to one copy per prompt (16 x 49152 x 576 bf16 for SmolLM2, 0.9 GB a
-    batch; a 7B model's 32000 x 4096 head: 4 GB). Scoring with a LoRA adapter ran at
-    ~8 instead of ~18 prompts/s on 2 cores. An index tensor gathers a contiguous copy."""
+    batch; a 7B model's 32000 x 4096 head: 4 GB). Scoring through a LoRA adapter ran at
+    9.1 instead of 23.1 prompts/s on 2 cores (bench/results/llm.md). An index tensor
+    gathers a contiguous copy: one GEMM, the same scores."""
     import torch
 
     return torch.tensor([width - 1], device=device)
