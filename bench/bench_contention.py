@@ -80,7 +80,7 @@ def make_stages(quick: bool) -> dict[str, tuple[str, Callable[[], float]]]:
     one epoch can take tens of seconds."""
     import torch
 
-    from binllm import data, hashing, scoring
+    from binllm import data, hashing, scoring, tuning
     from binllm.prompts import PromptBuilder, PromptConfig
 
     prep = data.prepare(data.read_ml100k(), "ml-100k")
@@ -107,10 +107,11 @@ def make_stages(quick: bool) -> dict[str, tuple[str, Callable[[], float]]]:
         return 1
 
     # scored through a LoRA adapter (peft, unmerged) in the loaded dtype, as `binllm score --adapter` runs
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
+    lora = tuning.lora_config(tuning.TuneConfig())  # the run's LoRA shape: r 8, alpha 16, q and v
     lm, tok = scoring.load_llm(progress=False)
-    lm = get_peft_model(lm, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    lm = get_peft_model(lm, lora)
     scorer = scoring.Scorer(lm, tok, batch_size=16)  # binllm score's default batch
     rows = np.flatnonzero(prep.mask("test"))[: 8 if quick else 32]
     prompts, _ = PromptBuilder(PromptConfig(kind="text"), prep.titles).for_rows(prep, rows)
@@ -122,8 +123,7 @@ def make_stages(quick: bool) -> dict[str, tuple[str, Callable[[], float]]]:
     # LoRA tuning steps the way stages.tune runs them on a CPU: float32 weights, eager attention, bf16
     # autocast where the CPU has AMX; one unit = one optimizer step on a batch of 8 prompts.
     base, _ = scoring.load_llm(dtype="float32", progress=False, attn_implementation=scoring.training_attention("cpu"))
-    peft_model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05,
-                                                 target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    peft_model = get_peft_model(base, lora)
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-4)
     ids, mask, pos = scoring.collate_left(scoring.tokenize(tok, prompts[:8]), tok.pad_token_id)
     yes_id, _ = scoring.answer_token_ids(tok)
@@ -156,7 +156,7 @@ def make_stages(quick: bool) -> dict[str, tuple[str, Callable[[], float]]]:
             f"binllm topk ({n_q}x{n_i:,}, d=32, k=10)": ("kernels", kernels_stage)}
 
 
-KINDS = ("hash", "data", "llm", "kernels")  # thread-stage kinds of binllm.threads, in the table's order
+KINDS = threads.KINDS  # the thread-stage kinds, in the table's order
 VARIANTS = {"before": "before (torch default threads, OpenMP default wait)",
             "after": "after (binllm.threads: policy decided at start)"}
 

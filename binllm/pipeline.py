@@ -22,10 +22,14 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import stages
 from ._io import atomic_write_json, atomic_write_text
 from .progress import log
+
+if TYPE_CHECKING:  # torch-free import of the package: tuning loads lazily
+    from .tuning import TuneConfig
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 CODE_STYLES = ("dotted", "bits")
@@ -170,9 +174,18 @@ def llm_stages(cfg: RunConfig) -> list[Stage]:
     return out
 
 
+def tune_config(cfg: RunConfig, st: Stage) -> TuneConfig:
+    """The LoRA settings of one tuning stage of a run (tools/recipe_search.py starts from them too)."""
+    from .tuning import TuneConfig
+
+    return TuneConfig(lr=st.lr, batch_size=cfg.batch_size, max_steps=st.steps, eval_steps=cfg.eval_steps,
+                      patience=cfg.patience, warmup_steps=min(20, st.steps // 10), lora_r=cfg.lora_r,
+                      lora_alpha=2 * cfg.lora_r, seed=cfg.seed)
+
+
 def run(cfg: RunConfig, progress: bool = True) -> dict:
     """Runs (or resumes) the whole job; returns the evaluation summary."""
-    from . import data, hashing, scoring, threads, tuning
+    from . import data, hashing, scoring, threads
     from .prompts import PromptConfig
 
     device = scoring.resolve_device(cfg.device)  # what needs torch is checked before any work
@@ -218,9 +231,7 @@ def run(cfg: RunConfig, progress: bool = True) -> dict:
     # 4. LLM stages
     for st in llm_stages(cfg):
         pc = PromptConfig(kind=st.kind, domain=domain, code_style=st.style, max_titles=cfg.max_titles)
-        tc = tuning.TuneConfig(lr=st.lr, batch_size=cfg.batch_size, max_steps=st.steps, eval_steps=cfg.eval_steps,
-                               patience=cfg.patience, warmup_steps=min(20, st.steps // 10), lora_r=cfg.lora_r,
-                               lora_alpha=2 * cfg.lora_r, seed=cfg.seed)
+        tc = tune_config(cfg, st)
         if progress:
             log(f"stage {st.label}")
         adapter = stages.tune(data_dir, out / "llm" / st.key, pc, tc, codebook=codebook if pc.uses_codes else None,

@@ -187,6 +187,14 @@ class TuneResult:
     best_auc: float | None = None
 
 
+def lora_config(cfg: TuneConfig) -> Any:
+    """peft's LoraConfig for `cfg` (its rank, alpha, dropout and target modules; a causal LM)."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
+
+
 def tune(base_model: Any, tokenizer: Any, train: PromptSet, valid: PromptSet, cfg: TuneConfig,
          out_dir: str | os.PathLike, init_adapter: str | os.PathLike | None = None, meta: dict | None = None,
          progress: bool = True, use_cpu: bool | None = None, bf16: bool = False) -> TuneResult:
@@ -196,7 +204,7 @@ def tune(base_model: Any, tokenizer: Any, train: PromptSet, valid: PromptSet, cf
     ``out_dir/adapter`` (with ``binllm.json``: the config, `meta` such as the
     prompt config and code book fingerprint, and the evaluation history)."""
     import torch
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import PeftModel, get_peft_model
     from transformers import EarlyStoppingCallback, TrainerCallback, TrainingArguments
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -208,9 +216,7 @@ def tune(base_model: Any, tokenizer: Any, train: PromptSet, valid: PromptSet, cf
         model = PeftModel.from_pretrained(base_model, str(init_adapter), is_trainable=True)
     else:
         torch.manual_seed(cfg.seed)
-        model = get_peft_model(base_model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                                      lora_dropout=cfg.lora_dropout,
-                                                      target_modules=list(cfg.target_modules), task_type="CAUSAL_LM"))
+        model = get_peft_model(base_model, lora_config(cfg))
     if use_cpu is None:
         use_cpu = not torch.cuda.is_available()
     ckpt_dir = out / "checkpoints"

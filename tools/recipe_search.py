@@ -27,7 +27,7 @@ from pathlib import Path
 
 from binllm import data, metrics, stages
 from binllm._io import atomic_write_json, atomic_write_text
-from binllm.pipeline import RunConfig
+from binllm.pipeline import RunConfig, llm_stages, tune_config
 from binllm.prompts import PromptConfig
 from binllm.tuning import TuneConfig
 
@@ -41,12 +41,12 @@ class Config:
     from_text: bool = True  # two-step (from the text-only adapter) or one-step
 
 
-# The run's step-2 settings, from the one place that defines them (pipeline.RunConfig, as pipeline.run
-# builds its TuneConfig); LoRA dropout and the rest keep TuneConfig's defaults.
+# The run's step-2 settings, as pipeline.run builds them (pipeline.tune_config); LoRA dropout and the rest
+# keep TuneConfig's defaults.
 _RUN = RunConfig()
-BASE = dict(lr=_RUN.step2_lr, max_steps=_RUN.step2_steps, batch_size=_RUN.batch_size, eval_steps=_RUN.eval_steps,
-            patience=_RUN.patience, warmup_steps=min(20, _RUN.step2_steps // 10), lora_r=_RUN.lora_r,
-            lora_alpha=2 * _RUN.lora_r, seed=_RUN.seed)
+_STEP2 = tune_config(_RUN, llm_stages(_RUN)[1])
+BASE = {k: getattr(_STEP2, k) for k in ("lr", "max_steps", "batch_size", "eval_steps", "patience", "warmup_steps",
+                                         "lora_r", "lora_alpha", "seed")}
 
 CONFIGS = [
     Config("A", "today's recipe (lr 1e-3, r 8 q,v, dropout 0.05)"),

@@ -168,10 +168,9 @@ def run(out_dir: str | Path, quick: bool = False, n: int = 96, batch: int = 16, 
     }
     # The run scores through a LoRA adapter (peft, unmerged): the base weights are frozen, which is where the
     # int logits_to_keep=1 made torch copy the output embedding once per prompt (scoring.keep_last).
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
-    peft16 = get_peft_model(model16, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
-                                                task_type="CAUSAL_LM"))
+    peft16 = get_peft_model(model16, tuning.lora_config(tuning.TuneConfig()))
     scorer_lora = scoring.Scorer(peft16, tok, batch_size=batch)
 
     def lora_int_keep() -> None:  # the same batches through the adapter with the int (before the fix)
