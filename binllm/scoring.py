@@ -238,9 +238,14 @@ def keep_last(width: int, device: Any):
     the weight to one copy per prompt (16 x 49152 x 576 bf16 for SmolLM2, 0.9 GB a
     batch; a 7B model's 32000 x 4096 head: 4 GB). Scoring through a LoRA adapter ran at
     9.1 instead of 23.1 prompts/s on 2 cores (bench/results/llm.md). An index tensor
-    gathers a contiguous copy: one GEMM, the same scores."""
+    gathers a contiguous copy: one GEMM, the same scores.
+
+    Raises:
+        ValueError: `width` is not an integer >= 1 (the sequence length of the batch)."""
     import torch
 
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"width must be the batch's sequence length, an integer >= 1; got {width!r}")
     return torch.tensor([width - 1], device=device)
 
 

@@ -136,6 +136,13 @@ def test_last_logits_one_gemm_for_a_frozen_head(lm):
     np.testing.assert_allclose(got.numpy(), full.numpy(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("bad", [0, -3, 2.0, True, None])
+def test_keep_last_rejects_bad_width(bad):
+    with pytest.raises(ValueError, match="width"):
+        scoring.keep_last(bad, "cpu")
+    assert scoring.keep_last(7, "cpu").tolist() == [6]
+
+
 def prompt_set(tok, n=48, seed=0):
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 2, n)
