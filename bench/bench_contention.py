@@ -74,10 +74,13 @@ class _Budget(Exception):
     pass
 
 
-def make_stages(quick: bool) -> dict[str, tuple[str, Callable[[], float]]]:
+def make_stages(quick: bool, variant: str) -> dict[str, tuple[str, Callable[[], float]]]:
     """name -> (thread-stage kind, callable returning its work units). The hash stage reports
     seconds per epoch and stops at a wall budget: with torch's default threads on a shared CPU
-    one epoch can take tens of seconds."""
+    one epoch can take tens of seconds. The LLM stages run as version 0.1 did for `variant`
+    "before" (one batch at a time, every matmul on torch's OpenMP threads) and as binllm runs them
+    now for "after" (batches, and shards of a training batch, side by side on threads.map_parallel
+    workers)."""
     import torch
 
     from binllm import data, hashing, scoring, tuning
@@ -112,7 +115,8 @@ def make_stages(quick: bool) -> dict[str, tuple[str, Callable[[], float]]]:
     lora = tuning.lora_config(tuning.TuneConfig())  # the run's LoRA shape: r 8, alpha 16, q and v
     lm, tok = scoring.load_llm(progress=False)
     lm = get_peft_model(lm, lora)
-    scorer = scoring.Scorer(lm, tok, batch_size=16)  # binllm score's default batch
+    # binllm score's default batch
+    scorer = scoring.Scorer(lm, tok, batch_size=16, workers=1 if variant == "before" else None)
     rows = np.flatnonzero(prep.mask("test"))[: 8 if quick else 32]
     prompts, _ = PromptBuilder(PromptConfig(kind="text"), prep.titles).for_rows(prep, rows)
 
@@ -124,17 +128,28 @@ def make_stages(quick: bool) -> dict[str, tuple[str, Callable[[], float]]]:
     # autocast where the CPU has AMX; one unit = one optimizer step on a batch of 8 prompts.
     base, _ = scoring.load_llm(dtype="float32", progress=False, attn_implementation=scoring.training_attention("cpu"))
     peft_model = get_peft_model(base, lora)
-    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-4)
+    tuning.use_shard_dropout(peft_model)  # as tuning.tune does
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
     ids, mask, pos = scoring.collate_left(scoring.tokenize(tok, prompts[:8]), tok.pad_token_id)
+    batch = {"input_ids": ids, "attention_mask": mask, "position_ids": pos}
     yes_id, _ = scoring.answer_token_ids(tok)
     bf16 = scoring.cpu_has_fast_bf16()
 
+    def loss_of(b: dict) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            yes = scoring.last_logits(peft_model, b["input_ids"], b["attention_mask"], b["position_ids"])
+        yes = yes[:, yes_id].float()
+        return torch.nn.functional.binary_cross_entropy_with_logits(yes, torch.ones_like(yes))
+
     def tune_stage() -> float:
         steps = 1 if quick else 2
+        peft_model.train()
         for _ in range(steps):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                yes = scoring.last_logits(peft_model, ids, mask, pos)[:, yes_id].float()
-            torch.nn.functional.binary_cross_entropy_with_logits(yes, torch.ones_like(yes)).backward()
+            if variant == "before":
+                loss_of(batch).backward()
+            else:
+                tuning.backward_in_shards(loss_of, batch, params)  # YesNoTrainer's CPU step
             opt.step()
             opt.zero_grad()
         return steps
@@ -168,7 +183,7 @@ def child(variant: str, quick: bool, repeats: int, kinds: list[str]) -> list[dic
         threads.configure_openmp()
     import torch
 
-    stages = make_stages(quick)
+    stages = make_stages(quick, variant)
     # "before": every stage kind at torch's default count (all cores), as version 0.1 ran
     threads.set_override(str(threads.available_cores()) if variant == "before" else None)
     rows = []

@@ -10,7 +10,8 @@
 * :class:`Scorer` scores prompts with one forward pass per batch (no
   ``generate()``): left padding, explicit position ids, batches grouped by
   length; the score is the ``" Yes"`` logit at the last position (the
-  reference) or P(Yes) over the Yes/No pair.
+  reference) or P(Yes) over the Yes/No pair. On a CPU, batches run side by
+  side on :func:`binllm.threads.map_parallel` workers.
 """
 from __future__ import annotations
 
@@ -263,20 +264,28 @@ class Scorer:
         model, tokenizer: from :func:`load_llm` (a peft model works too).
         mode: 'yes_logit' (the reference) or 'p_yes' (softmax over the Yes/No pair).
         batch_size: prompts per forward pass.
+        workers: on a CPU, batches scored side by side, each on its share of torch's threads (default
+            None: one per torch thread, see :func:`binllm.threads.map_parallel`; 1: one batch at a time
+            on every thread, which holds one batch's activations in memory instead of one per worker).
+            A GPU scores one batch at a time.
     """
 
     def __init__(self, model: Any, tokenizer: Any, mode: str = "yes_logit", batch_size: int = 16,
-                 yes: str = " Yes", no: str = " No"):
+                 yes: str = " Yes", no: str = " No", workers: int | None = None):
         if mode not in ("yes_logit", "p_yes"):
             raise ValueError(f"mode must be 'yes_logit' or 'p_yes'; got {mode!r}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 (an integer); got {batch_size!r}")
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+            raise ValueError(f"workers must be None or an integer >= 1; got {workers!r}")
         self.model, self.tokenizer, self.mode, self.batch_size = model, tokenizer, mode, batch_size
+        self.workers = workers
         self.yes_id, self.no_id = answer_token_ids(tokenizer, yes, no)
 
     def score_ids(self, ids: Sequence[Sequence[int]], progress: bool = False, desc: str = "score") -> np.ndarray:
         import torch
 
+        from . import threads
         from .progress import Progress
 
         n = len(ids)
@@ -286,21 +295,30 @@ class Scorer:
         if any(len(x) == 0 for x in ids):
             raise ValueError("a prompt tokenized to no tokens")
         order = np.argsort([len(x) for x in ids], kind="stable")  # similar lengths share a batch: less padding
+        batches = [order[b:b + self.batch_size] for b in range(0, n, self.batch_size)]
         dev = next(self.model.parameters()).device
         was_training = self.model.training
         self.model.eval()
+
+        def one(sel: np.ndarray) -> np.ndarray:
+            t, m, p = collate_left([ids[i] for i in sel], self.tokenizer.pad_token_id)
+            logits = last_logits(self.model, t.to(dev), m.to(dev), p.to(dev)).float()
+            if self.mode == "yes_logit":
+                s = logits[:, self.yes_id]
+            else:
+                s = torch.softmax(logits[:, [self.yes_id, self.no_id]], -1)[:, 0]
+            return s.cpu().numpy()
+
         try:
             with torch.inference_mode(), Progress(n, desc, enabled=progress) as bar:
-                for b in range(0, n, self.batch_size):
-                    sel = order[b:b + self.batch_size]
-                    t, m, p = collate_left([ids[i] for i in sel], self.tokenizer.pad_token_id)
-                    logits = last_logits(self.model, t.to(dev), m.to(dev), p.to(dev)).float()
-                    if self.mode == "yes_logit":
-                        s = logits[:, self.yes_id]
-                    else:
-                        s = torch.softmax(logits[:, [self.yes_id, self.no_id]], -1)[:, 0]
-                    out[sel] = s.cpu().numpy()
-                    bar.update(len(sel))
+                def done(i: int, s: np.ndarray) -> None:
+                    out[batches[i]] = s
+                    bar.update(len(s))
+
+                # On a CPU whole batches run side by side, one torch thread each (threads.map_parallel);
+                # a GPU takes them one after another.
+                threads.map_parallel(one, batches, total=None if dev.type == "cpu" else 1, on_result=done,
+                                     max_workers=self.workers)
         finally:
             self.model.train(was_training)
         return out

@@ -33,6 +33,13 @@ Use::
 
 ``torch.set_num_threads`` is process-global: stages are meant to run one after
 another in the main thread, not concurrently from several Python threads.
+
+Inside the ``llm`` stage, work that splits into independent pieces (batches to
+score, shards of a training batch) runs through :func:`map_parallel`: one
+Python worker per torch thread, each with one torch thread, instead of every
+matmul split across OpenMP threads. A forward pass then has no barrier at which
+a worker waits for a partner that another process holds off its core
+(bench/results/contention.md), and it is faster on a quiet machine too.
 Torch's inter-op pool is left alone: binllm never uses inter-op parallelism,
 and torch allows setting it only once, before first use, so it cannot be
 restored on exit.
@@ -42,8 +49,14 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
+from typing import TypeVar
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 KINDS: tuple[str, ...] = ("hash", "data", "llm", "kernels")
 ENV_VAR = "BINLLM_STAGE_THREADS"
@@ -322,3 +335,86 @@ def _set_torch(torch, n: int) -> None:  # noqa: ANN001 - the torch module, impor
         _warned_torch = True
         warnings.warn(f"torch.set_num_threads({n}) did not take effect (torch reports {torch.get_num_threads()}); "
                       f"set OMP_NUM_THREADS={n} before starting Python", RuntimeWarning, stacklevel=3)
+
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A kept pool of `workers` threads (made once: new threads per call would also start new OpenMP teams)."""
+    with _pools_lock:
+        if workers not in _pools:
+            _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="binllm-worker")
+        return _pools[workers]
+
+
+def workers_for(jobs: int, total: int) -> tuple[int, int]:
+    """(workers, torch threads each) for `jobs` independent pieces of work on `total` threads:
+    one worker per thread while there are pieces enough, the threads shared out otherwise."""
+    w = max(1, min(int(total), int(jobs)))
+    return w, max(1, int(total) // w)
+
+
+def map_parallel(fn: Callable[[_T], _R], items: Sequence[_T], total: int | None = None,
+                 on_result: Callable[[int, _R], None] | None = None, max_workers: int | None = None) -> list[_R]:
+    """``[fn(x) for x in items]`` with the pieces on parallel CPU workers (see the module docstring).
+
+    `total` threads (default: torch's current count, which :func:`stage` set) become
+    :func:`workers_for` workers (at most `max_workers`) with torch set to the threads
+    each for the duration of the call, then restored. Each worker runs `fn` in the caller's grad,
+    inference and CPU-autocast modes (torch keeps those per thread). With one
+    worker, or one item, `fn` runs in the calling thread and torch's threads are
+    left alone. `on_result(i, result)` is called in the calling thread, in order,
+    as results arrive (for progress). The first exception raised by `fn` (in item
+    order) is raised here once the pieces already running end; the others are
+    dropped. Not reentrant: torch's thread count is process-wide.
+
+    Raises:
+        ValueError: `total` or `max_workers` is not an integer >= 1.
+    """
+    import torch
+
+    if total is None:
+        total = torch.get_num_threads()
+    for name, v in (("total", total), ("max_workers", max_workers)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"{name} must be a thread count, an integer >= 1; got {v!r}")
+    workers, each = workers_for(min(len(items), max_workers or len(items)), total)
+    if workers == 1:
+        out = []
+        for i, x in enumerate(items):
+            out.append(fn(x))
+            if on_result is not None:
+                on_result(i, out[-1])
+        return out
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+    autocast = torch.is_autocast_enabled("cpu")
+    autocast_dtype = torch.get_autocast_dtype("cpu")
+
+    def call(x: _T) -> _R:
+        with contextlib.ExitStack() as modes:
+            modes.enter_context(torch.inference_mode() if inference else torch.set_grad_enabled(grad))
+            if autocast:
+                modes.enter_context(torch.autocast("cpu", dtype=autocast_dtype))
+            return fn(x)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(each)
+    futures = []
+    try:
+        futures = [_pool(workers).submit(call, x) for x in items]
+        out = []
+        for i, f in enumerate(futures):
+            out.append(f.result())
+            if on_result is not None:
+                on_result(i, out[-1])
+        return out
+    except BaseException:
+        # an error in a piece, or Ctrl-C here: drop the pieces not started, let the running ones end
+        for f in futures:
+            f.cancel()
+        wait(futures)
+        raise
+    finally:
+        torch.set_num_threads(before)

@@ -8,19 +8,27 @@ Because this is the stock ``Trainer``, ``torchrun --nproc-per-node N`` and
 code change; checkpoints land in ``out_dir/checkpoints`` and an interrupted run
 resumes from the last one. Two-step tuning is two calls: the second starts
 from the first call's adapter (``init_adapter``) and keeps training it.
+
+On a CPU (one process, more than one torch thread) a training step cuts its
+batch into shards that run forward and backward side by side, one torch
+thread each (:func:`backward_in_shards`, on :func:`binllm.threads.map_parallel`
+workers): no OpenMP barrier inside a layer, so a step holds up when other
+processes share the cores. LoRA dropout then draws each shard's masks from a
+generator seeded from torch's, so training stays reproducible.
 """
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import metrics
+from . import metrics, threads
 from ._io import atomic_write_json
 from .progress import is_terminal, log
 from .scoring import answer_token_ids, collate_left, last_logits
@@ -114,16 +122,154 @@ class _Collator:
                 "users": torch.tensor([b["users"] for b in batch], dtype=torch.long)}
 
 
+_shard_rng = threading.local()  # .generator: the dropout generator of the shard this thread runs, else None
+
+
+def _worker_dropout_class() -> type:
+    import torch
+
+    class WorkerDropout(torch.nn.Module):
+        """``nn.Dropout`` for LoRA inputs whose masks come from the generator of the shard the calling
+        thread runs (see :func:`backward_in_shards`), or from torch's global one outside a shard (then it
+        draws exactly what ``nn.Dropout`` would). Shards on parallel threads sharing the global
+        generator would take their masks in whichever order the threads reach it."""
+
+        def __init__(self, p: float):
+            super().__init__()
+            self.p = float(p)
+
+        def forward(self, x: Any) -> Any:
+            gen = getattr(_shard_rng, "generator", None)
+            if not self.training or self.p == 0.0 or gen is None:
+                return torch.nn.functional.dropout(x, self.p, self.training)
+            keep = torch.empty_like(x).bernoulli_(1.0 - self.p, generator=gen)
+            return x * keep / (1.0 - self.p)
+
+        def extra_repr(self) -> str:
+            return f"p={self.p}"
+
+    return WorkerDropout
+
+
+_WORKER_DROPOUT: type | None = None
+
+
+def use_shard_dropout(model: Any) -> bool:
+    """Replaces peft's LoRA dropout modules in `model` by ones that draw from each shard's generator
+    (no parameters change, an adapter saves the same). Returns whether training can then run in shards
+    reproducibly: False when the model keeps other active dropout (an ``nn.Dropout`` with p > 0, or a
+    config ``*dropout`` / ``*pdrop`` value > 0 such as attention dropout), whose masks would come from
+    torch's global generator in thread order."""
+    import torch
+
+    global _WORKER_DROPOUT
+    if _WORKER_DROPOUT is None:
+        _WORKER_DROPOUT = _worker_dropout_class()
+    for mod in model.modules():
+        drops = getattr(mod, "lora_dropout", None)
+        if isinstance(drops, torch.nn.ModuleDict):
+            for name, d in list(drops.items()):
+                if type(d) is torch.nn.Dropout:
+                    drops[name] = _WORKER_DROPOUT(d.p)
+    if any(type(m) is torch.nn.Dropout and m.p > 0 for m in model.modules()):
+        return False
+    to_dict = getattr(getattr(model, "config", None), "to_dict", None)
+    cfg = to_dict() if callable(to_dict) else {}
+    return not any(("dropout" in k or "pdrop" in k) and isinstance(v, (int, float)) and not isinstance(v, bool)
+                   and v > 0 for k, v in cfg.items())
+
+
+def shard_batch(inputs: dict[str, Any], parts: int) -> list[dict[str, Any]]:
+    """Cuts a left-padded batch (input_ids, attention_mask, position_ids and per-prompt tensors) into
+    `parts` contiguous shards of near-equal size, each without the pad columns no prompt of it needs."""
+    n = int(inputs["input_ids"].shape[0])
+    bounds = np.linspace(0, n, min(parts, n) + 1).round().astype(int)
+    out = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        sub = {k: v[a:b] for k, v in inputs.items()}
+        width = int(sub["attention_mask"].sum(1).max())
+        for k in ("input_ids", "attention_mask", "position_ids"):
+            if k in sub:
+                sub[k] = sub[k][:, sub[k].shape[1] - width:]
+        out.append(sub)
+    return out
+
+
+def backward_in_shards(loss_of: Callable[[dict[str, Any]], Any], inputs: dict[str, Any], params: Sequence[Any],
+                       scale: float = 1.0, total: int | None = None) -> Any:
+    """``(loss_of(inputs) * scale).backward()`` for a batch-mean loss, the batch cut into one shard per
+    worker of :func:`binllm.threads.map_parallel` (`total` threads; default torch's count).
+
+    Each worker computes its shard's loss and, with ``torch.autograd.grad``, the gradients of
+    `params` (the trainable parameters) weighted by its share of the batch; they are added to
+    ``.grad`` in shard order, so the result does not depend on which thread ends first. Dropout
+    masks of :func:`use_shard_dropout` modules come from a generator per shard, seeded from torch's
+    global one. Returns the batch loss (detached, weighted mean of the shards' losses, times `scale`).
+    """
+    import torch
+
+    n = int(inputs["input_ids"].shape[0])
+    workers, _ = threads.workers_for(n, total if total is not None else torch.get_num_threads())
+    shards = shard_batch(inputs, workers)
+    seeds = torch.randint(0, 2**62, (len(shards),)).tolist()  # from the global generator: reproducible
+
+    def one(k: int) -> tuple[Any, tuple[Any, ...]]:
+        sub = shards[k]
+        weight = scale * sub["input_ids"].shape[0] / n
+        _shard_rng.generator = torch.Generator().manual_seed(int(seeds[k]))
+        try:
+            loss = loss_of(sub) * weight
+            return loss.detach(), torch.autograd.grad(loss, list(params), allow_unused=True)
+        finally:
+            _shard_rng.generator = None
+
+    results = threads.map_parallel(one, range(len(shards)), total=total)
+    for i, p in enumerate(params):
+        for _, grads in results:
+            g = grads[i]
+            if g is not None:
+                p.grad = g if p.grad is None else p.grad + g
+    return sum(loss for loss, _ in results)
+
+
 def _trainer_class():
     import torch
     from transformers import Trainer
 
     class YesNoTrainer(Trainer):
-        """Trainer whose loss and predictions use the answer logits at the last position."""
+        """Trainer whose loss and predictions use the answer logits at the last position; on a
+        CPU its steps run in shards on parallel workers (:func:`backward_in_shards`)."""
 
-        def __init__(self, *args, yes_id: int, no_id: int, loss_kind: str, **kw):
+        # compute_loss returns a batch mean and ignores num_items_in_batch: the Trainer must divide it by
+        # the accumulation steps (left at None, it takes the loss of a model accepting **kwargs as scaled)
+        loss_is_scaled_for_ga = False
+
+        def __init__(self, *args, yes_id: int, no_id: int, loss_kind: str, shards_ok: bool = False, **kw):
             super().__init__(*args, **kw)
             self.yes_id, self.no_id, self.loss_kind = yes_id, no_id, loss_kind
+            self.shards_ok = shards_ok
+
+        def _in_shards(self, inputs: dict, training: bool = True) -> bool:
+            """Whether a batch runs in shards: one CPU process, torch on more than one thread, more than
+            one prompt, and (training) no dropout drawn from torch's global generator."""
+            from accelerate.utils import DistributedType
+
+            return ((self.shards_ok or not training) and self.args.device.type == "cpu" and self.args.n_gpu <= 1
+                    and self.accelerator.distributed_type == DistributedType.NO
+                    and torch.get_num_threads() > 1 and int(inputs["input_ids"].shape[0]) > 1)
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            if not self._in_shards(inputs):
+                return super().training_step(model, inputs, num_items_in_batch)
+            model.train()
+            inputs = self._prepare_inputs(inputs)
+            params = [p for p in model.parameters() if p.requires_grad]
+
+            def loss_of(sub: dict) -> Any:
+                with self.compute_loss_context_manager():
+                    return self.compute_loss(model, sub)
+
+            return backward_in_shards(loss_of, inputs, params, 1.0 / self.current_gradient_accumulation_steps)
 
         def evaluate(self, *args, **kw):
             # An evaluation round draws from torch's CPU generator (each DataLoader iterator takes a base
@@ -149,7 +295,14 @@ def _trainer_class():
         def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
             inputs = self._prepare_inputs(inputs)
             with torch.no_grad():
-                loss, yes = self.compute_loss(model, inputs, return_outputs=True)
+                if self._in_shards(inputs, training=False):
+                    n = int(inputs["input_ids"].shape[0])
+                    parts = threads.map_parallel(lambda sub: self.compute_loss(model, sub, return_outputs=True),
+                                                 shard_batch(inputs, torch.get_num_threads()))
+                    loss = sum(part_loss * (len(part_yes) / n) for part_loss, part_yes in parts)
+                    yes = torch.cat([part_yes for _, part_yes in parts])
+                else:
+                    loss, yes = self.compute_loss(model, inputs, return_outputs=True)
             # users stay int64 (a float32 round trip merges user ids above 2**24 in UAUC)
             return loss.detach(), yes.detach(), (inputs["labels"], inputs["users"])
 
@@ -217,6 +370,7 @@ def tune(base_model: Any, tokenizer: Any, train: PromptSet, valid: PromptSet, cf
     else:
         torch.manual_seed(cfg.seed)
         model = get_peft_model(base_model, lora_config(cfg))
+    shards_ok = use_shard_dropout(model)
     if use_cpu is None:
         use_cpu = not torch.cuda.is_available()
     ckpt_dir = out / "checkpoints"
@@ -244,7 +398,7 @@ def tune(base_model: Any, tokenizer: Any, train: PromptSet, valid: PromptSet, cf
         model=model, args=args, train_dataset=_Rows(train), eval_dataset=_Rows(valid),
         data_collator=_Collator(tokenizer.pad_token_id), compute_metrics=_compute_metrics,
         callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience), _LogEvaluations()],
-        yes_id=yes_id, no_id=no_id, loss_kind=cfg.loss)
+        yes_id=yes_id, no_id=no_id, loss_kind=cfg.loss, shards_ok=shards_ok)
     last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
     trainer.train(resume_from_checkpoint=last)
     history = [h for h in trainer.state.log_history if "eval_auc" in h]

@@ -136,6 +136,156 @@ def test_last_logits_one_gemm_for_a_frozen_head(lm):
     np.testing.assert_allclose(got.numpy(), full.numpy(), rtol=1e-5, atol=1e-5)
 
 
+def test_scorer_batches_side_by_side_equal_one_at_a_time(lm):
+    """On a CPU the Scorer hands whole batches to parallel workers: the scores land in prompt order
+    and agree with one batch at a time on every thread (workers=1) and with a manual forward."""
+    model, tok = lm
+    ps = [f'#Question: "{t}"? Answer with "Yes" or "No". \n#Answer:' + " Yes" * k
+          for k, t in enumerate(["Alpha (1999)", "Beta (2000)", "Gamma (1990)"] * 5)]
+    y, n = scoring.answer_token_ids(tok)
+    ref = manual_scores(model, tok, ps, y, n)[:, 0]
+    torch.set_num_threads(2)
+    many = scoring.Scorer(model, tok, batch_size=2).score(ps)
+    one = scoring.Scorer(model, tok, batch_size=2, workers=1).score(ps)
+    np.testing.assert_allclose(many, ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(many, one, rtol=1e-5, atol=1e-5)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="workers must be"):
+            scoring.Scorer(model, tok, workers=bad)
+
+
+def _batch(tok, ps):
+    ids, mask, pos = scoring.collate_left(scoring.tokenize(tok, ps), tok.pad_token_id)
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": pos,
+            "labels": torch.arange(len(ps), dtype=torch.float32) % 2}
+
+
+SHARD_PROMPTS = ['#Question: "Alpha (1999)"?', '#Question: A user liked "Beta (2000)", "Gamma (1990)". '
+                 '"Alpha (1999)"? Answer with "Yes" or "No".', "None", '"Gamma (1990)" 1.2.3.4', "Yes No",
+                 "#Answer:", '#Question: "Beta (2000)"? Answer:']
+
+
+def test_shard_batch_cuts_and_trims_padding(lm):
+    _, tok = lm
+    b = _batch(tok, SHARD_PROMPTS)
+    shards = tuning.shard_batch(b, 3)
+    assert [len(s["input_ids"]) for s in shards] == [2, 3, 2]
+    assert torch.equal(torch.cat([s["labels"] for s in shards]), b["labels"])
+    for s in shards:  # the widest prompt of a shard starts at column 0; each keeps its own tokens
+        assert s["attention_mask"][:, 0].any() and s["input_ids"].shape == s["position_ids"].shape
+    got = [row[m.bool()].tolist() for s in shards for row, m in zip(s["input_ids"], s["attention_mask"])]
+    assert got == scoring.tokenize(tok, SHARD_PROMPTS)
+    assert len(tuning.shard_batch(b, 20)) == len(SHARD_PROMPTS)  # never an empty shard
+
+
+def _loss_of(model, yes_id):
+    def loss_of(b):
+        yes = scoring.last_logits(model, b["input_ids"], b["attention_mask"], b["position_ids"])[:, yes_id]
+        return torch.nn.functional.binary_cross_entropy_with_logits(yes, b["labels"])
+    return loss_of
+
+
+def _lora_grads(model):
+    return [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+
+def test_backward_in_shards_equals_one_backward(lm):
+    """Shards on parallel workers give the whole batch's mean-loss gradients (no dropout), scaled,
+    added to what .grad already holds."""
+    from peft import get_peft_model
+
+    model, tok = lm
+    torch.manual_seed(0)
+    m = get_peft_model(model, tuning.lora_config(tuning.TuneConfig(lora_dropout=0.0)))
+    for p in m.parameters():  # lora_B starts at zero, which would leave lora_A's gradient zero
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.1)
+    m.train()
+    params = [p for p in m.parameters() if p.requires_grad]
+    loss_of = _loss_of(m, scoring.answer_token_ids(tok)[0])
+    b = _batch(tok, SHARD_PROMPTS)
+    (loss_of(b) * 0.5).backward()
+    ref, ref_loss = _lora_grads(m), float(loss_of(b).detach()) * 0.5
+    m.zero_grad(set_to_none=True)
+    for total in (2, 3):
+        got_loss = tuning.backward_in_shards(loss_of, b, params, scale=0.5, total=total)
+        assert float(got_loss) == pytest.approx(ref_loss, rel=1e-5)
+        for r, g in zip(ref, _lora_grads(m)):
+            torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
+        tuning.backward_in_shards(loss_of, b, params, scale=0.5, total=total)  # accumulates
+        for r, g in zip(ref, _lora_grads(m)):
+            torch.testing.assert_close(g, 2 * r, rtol=1e-4, atol=1e-6)
+        m.zero_grad(set_to_none=True)
+
+
+def test_shard_dropout_is_reproducible(lm):
+    """LoRA dropout in shards draws from a generator per shard seeded from torch's: the same seed
+    gives the same gradients whatever order the worker threads run in; outside shards it draws what
+    nn.Dropout draws."""
+    from peft import get_peft_model
+
+    model, tok = lm
+    torch.manual_seed(0)
+    m = get_peft_model(model, tuning.lora_config(tuning.TuneConfig(lora_dropout=0.5)))
+    assert tuning.use_shard_dropout(m)
+    kinds = {type(d).__name__ for mod in m.modules() if isinstance(getattr(mod, "lora_dropout", None),
+                                                                     torch.nn.ModuleDict)
+             for d in mod.lora_dropout.values()}
+    assert kinds == {"WorkerDropout"}
+    for p in m.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.1)
+    m.train()
+    params = [p for p in m.parameters() if p.requires_grad]
+    loss_of, b = _loss_of(m, scoring.answer_token_ids(tok)[0]), _batch(tok, SHARD_PROMPTS)
+    runs = []
+    for seed in (1, 1, 2):
+        torch.manual_seed(seed)
+        tuning.backward_in_shards(loss_of, b, params, total=2)
+        runs.append(_lora_grads(m))
+        m.zero_grad(set_to_none=True)
+    assert all(torch.equal(a, c) for a, c in zip(runs[0], runs[1]))
+    assert not all(torch.equal(a, c) for a, c in zip(runs[0], runs[2]))  # dropout is on
+    drop = next(d for mod in m.modules() if isinstance(getattr(mod, "lora_dropout", None), torch.nn.ModuleDict)
+                for d in mod.lora_dropout.values())
+    x = torch.ones(4, 16)
+    torch.manual_seed(3)
+    ours = drop(x)
+    torch.manual_seed(3)
+    assert torch.equal(ours, torch.nn.Dropout(0.5).train()(x))
+
+
+def test_shard_dropout_declines_a_model_with_its_own_dropout(tiny):
+    from peft import get_peft_model
+
+    model, _ = scoring.load_llm(str(tiny), dtype="float32", device="cpu")
+    model.config.attention_dropout = 0.1
+    assert not tuning.use_shard_dropout(get_peft_model(model, tuning.lora_config(tuning.TuneConfig())))
+
+
+def test_tuning_steps_run_in_shards_on_a_cpu(tiny, tmp_path, monkeypatch):
+    """With more than one torch thread the Trainer's steps go through backward_in_shards; with one
+    they take the stock step. Both learn."""
+    calls = []
+    real = tuning.backward_in_shards
+    monkeypatch.setattr(tuning, "backward_in_shards", lambda *a, **k: calls.append(1) or real(*a, **k))
+    _, tok = scoring.load_llm(str(tiny), dtype="float32", device="cpu")
+    tr, va = prompt_set(tok, 32), prompt_set(tok, 16, seed=1)
+    cfg = tuning.TuneConfig(lr=1e-2, batch_size=4, max_steps=6, eval_steps=6, warmup_steps=0)
+    before = torch.get_num_threads()
+    try:
+        for n_threads, expect_calls in ((2, 6), (1, 0)):
+            calls.clear()
+            torch.set_num_threads(n_threads)
+            model, _ = scoring.load_llm(str(tiny), dtype="float32", device="cpu")
+            start = bce_on(model, tok, va)
+            res = tuning.tune(model, tok, tr, va, cfg, tmp_path / f"t{n_threads}", progress=False)
+            assert len(calls) == expect_calls
+            assert bce_on(res.model, tok, va) < start
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("bad", [0, -3, 2.0, True, None])
 def test_keep_last_rejects_bad_width(bad):
     with pytest.raises(ValueError, match="width"):

@@ -143,3 +143,66 @@ def test_cli_decides_before_torch_and_doctor_reports_it():
 def test_others_busy_cores_rejects_bad_window(bad):
     with pytest.raises(ValueError, match="window_s"):
         threads.others_busy_cores(bad)
+
+
+@pytest.mark.parametrize("jobs,total,expected", [(8, 2, (2, 1)), (1, 4, (1, 4)), (2, 8, (2, 4)), (3, 8, (3, 2)),
+                                                 (0, 2, (1, 2)), (5, 1, (1, 1))])
+def test_workers_for(jobs, total, expected):
+    assert threads.workers_for(jobs, total) == expected
+
+
+def test_map_parallel_order_results_and_threads():
+    """Pieces run on worker threads with torch at one thread each, results and on_result in item
+    order; torch's count comes back afterwards."""
+    import threading
+
+    torch.set_num_threads(2)
+    seen, names = [], set()
+
+    def fn(x):
+        names.add(threading.current_thread().name)
+        return x * 10, torch.get_num_threads()
+
+    out = threads.map_parallel(fn, list(range(7)), total=2, on_result=lambda i, r: seen.append((i, r[0])))
+    assert [r[0] for r in out] == [x * 10 for x in range(7)] and seen == [(x, x * 10) for x in range(7)]
+    assert {r[1] for r in out} == {1} and all(n.startswith("binllm-worker") for n in names)
+    assert torch.get_num_threads() == 2
+    # one worker (total 1, max_workers 1 or a single item): the calling thread, torch's count untouched
+    main = threading.current_thread().name
+    for kw, items in (({"total": 1}, [1, 2]), ({"total": 2, "max_workers": 1}, [1, 2]), ({"total": 2}, [1])):
+        names.clear()
+        out = threads.map_parallel(fn, items, **kw)
+        assert names == {main} and [r[1] for r in out] == [2] * len(items), kw
+    assert threads.map_parallel(fn, [], total=2) == []
+
+
+def test_map_parallel_carries_the_callers_torch_modes():
+    def modes(_):
+        return (torch.is_grad_enabled(), torch.is_inference_mode_enabled(), torch.is_autocast_enabled("cpu"),
+                torch.get_autocast_dtype("cpu"))
+
+    with torch.inference_mode():
+        assert {m[:3] for m in threads.map_parallel(modes, [0, 1], total=2)} == {(False, True, False)}
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert set(threads.map_parallel(modes, [0, 1], total=2)) == {(False, False, True, torch.bfloat16)}
+    assert {m[:3] for m in threads.map_parallel(modes, [0, 1], total=2)} == {(True, False, False)}
+
+
+def test_map_parallel_raises_the_first_error_and_restores():
+    torch.set_num_threads(2)
+
+    def fn(x):
+        if x in (2, 4):
+            raise KeyError(f"piece {x}")
+        return x
+
+    with pytest.raises(KeyError, match="piece 2"):
+        threads.map_parallel(fn, list(range(6)), total=2)
+    assert torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("kw", [{"total": 0}, {"total": 1.5}, {"total": True}, {"max_workers": 0},
+                                {"max_workers": "2"}])
+def test_map_parallel_rejects_bad_counts(kw):
+    with pytest.raises(ValueError, match=next(iter(kw))):
+        threads.map_parallel(lambda x: x, [1, 2], **kw)
