@@ -10,14 +10,16 @@ Spinning is faster on a quiet machine, so the choice is made once, at start
 other processes already keep the CPU busy, OpenMP workers sleep instead of
 spinning (``OMP_WAIT_POLICY=PASSIVE``) and the hash model runs on one torch
 thread; otherwise both keep torch's defaults. LLM scoring/tuning (big
-matmuls) and binllm's own ``std::thread`` kernels (which block instead of
-spinning) use every core either way.
+matmuls, run as whole batches or batch shards side by side, see below) and
+binllm's own ``std::thread`` kernels (which block instead of spinning) use
+every core either way.
 
 Stage kinds:
 
 - ``hash``: the hash model / MF training loop (small tensor ops).
 - ``data``: the data protocol (pandas/numpy; torch is not used).
-- ``llm``: LLM scoring and LoRA tuning (big matmuls).
+- ``llm``: LLM scoring and LoRA tuning (big matmuls; on a CPU the count is
+  the number of :func:`map_parallel` workers).
 - ``kernels``: binllm's C++ kernels (:func:`binllm.set_num_threads`).
 
 Overrides, strongest first: :func:`set_override` (the CLI's ``--threads``),
