@@ -257,8 +257,9 @@ def main() -> None:
                 "loops. `before` runs "
                 "every stage with torch's default thread count and OpenMP's default wait policy; `after` as the "
                 "command line runs it: binllm.threads decides the wait policy and the hash stage's threads from "
-                "the load it sees at start (each variant and condition in its own process, the busy processes "
-                "started first). "
+                "the load it sees at start, and the LLM stages run batches (scoring) and batch shards (tuning) on "
+                "worker threads of one torch thread each (each variant and condition in its own process, the "
+                "busy processes started first). "
                 "Target: after busy <= 2x after quiet, and after quiet <= 1.1x before quiet.")
     print(open(os.path.join(os.path.dirname(__file__), "results", name + ".md")).read().split("Machine facts")[0])
 
