@@ -182,6 +182,8 @@ def use_shard_dropout(model: Any) -> bool:
 def shard_batch(inputs: dict[str, Any], parts: int) -> list[dict[str, Any]]:
     """Cuts a left-padded batch (input_ids, attention_mask, position_ids and per-prompt tensors) into
     `parts` contiguous shards of near-equal size, each without the pad columns no prompt of it needs."""
+    if isinstance(parts, bool) or not isinstance(parts, int) or parts < 1:
+        raise ValueError(f"parts must be an integer >= 1; got {parts!r}")
     n = int(inputs["input_ids"].shape[0])
     bounds = np.linspace(0, n, min(parts, n) + 1).round().astype(int)
     out = []

@@ -176,6 +176,32 @@ def test_shard_batch_cuts_and_trims_padding(lm):
     got = [row[m.bool()].tolist() for s in shards for row, m in zip(s["input_ids"], s["attention_mask"])]
     assert got == scoring.tokenize(tok, SHARD_PROMPTS)
     assert len(tuning.shard_batch(b, 20)) == len(SHARD_PROMPTS)  # never an empty shard
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="parts must be"):
+            tuning.shard_batch(b, bad)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_gradient_accumulation_divides_the_mean_loss(tiny, tmp_path, n_threads):
+    """2 accumulated steps of 2 prompts report (and train on) the mean loss of the 4 prompts, like one
+    step of 4: the Trainer took YesNoTrainer's mean loss as already scaled and doubled it."""
+    _, tok = scoring.load_llm(str(tiny), dtype="float32", device="cpu")
+    tr, va = prompt_set(tok, 16), prompt_set(tok, 8, seed=1)
+    losses = []
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(n_threads)
+        for batch, accum in ((4, 1), (2, 2)):
+            model, _ = scoring.load_llm(str(tiny), dtype="float32", device="cpu")
+            cfg = tuning.TuneConfig(lr=1e-6, batch_size=batch, grad_accum=accum, max_steps=1, eval_steps=1,
+                                    warmup_steps=0, lora_dropout=0.0, group_by_length=False)
+            res = tuning.tune(model, tok, tr, va, cfg, tmp_path / f"b{batch}", progress=False)
+            log = json.loads((res.adapter_dir.parent / "checkpoints" / "checkpoint-1" / "trainer_state.json")
+                             .read_text())["log_history"]
+            losses.append(next(h["loss"] for h in log if "loss" in h))
+    finally:
+        torch.set_num_threads(before)
+    assert losses[1] == pytest.approx(losses[0], rel=1e-3)
 
 
 def _loss_of(model, yes_id):
