@@ -18,6 +18,7 @@ generator seeded from torch's, so training stays reproducible.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -125,6 +126,7 @@ class _Collator:
 _shard_rng = threading.local()  # .generator: the dropout generator of the shard this thread runs, else None
 
 
+@functools.cache  # one class per process, made on first use (torch loads lazily)
 def _worker_dropout_class() -> type:
     import torch
 
@@ -151,9 +153,6 @@ def _worker_dropout_class() -> type:
     return WorkerDropout
 
 
-_WORKER_DROPOUT: type | None = None
-
-
 def use_shard_dropout(model: Any) -> bool:
     """Replaces peft's LoRA dropout modules in `model` by ones that draw from each shard's generator
     (no parameters change, an adapter saves the same). Returns whether training can then run in shards
@@ -162,15 +161,13 @@ def use_shard_dropout(model: Any) -> bool:
     torch's global generator in thread order."""
     import torch
 
-    global _WORKER_DROPOUT
-    if _WORKER_DROPOUT is None:
-        _WORKER_DROPOUT = _worker_dropout_class()
+    worker_dropout = _worker_dropout_class()
     for mod in model.modules():
         drops = getattr(mod, "lora_dropout", None)
         if isinstance(drops, torch.nn.ModuleDict):
             for name, d in list(drops.items()):
                 if type(d) is torch.nn.Dropout:
-                    drops[name] = _WORKER_DROPOUT(d.p)
+                    drops[name] = worker_dropout(d.p)
     if any(type(m) is torch.nn.Dropout and m.p > 0 for m in model.modules()):
         return False
     to_dict = getattr(getattr(model, "config", None), "to_dict", None)
@@ -215,17 +212,17 @@ def backward_in_shards(loss_of: Callable[[dict[str, Any]], Any], inputs: dict[st
     shards = shard_batch(inputs, workers)
     seeds = torch.randint(0, 2**62, (len(shards),)).tolist()  # from the global generator: reproducible
 
-    def one(k: int) -> tuple[Any, tuple[Any, ...]]:
-        sub = shards[k]
+    def one(shard_and_seed: tuple[dict[str, Any], int]) -> tuple[Any, tuple[Any, ...]]:
+        sub, seed = shard_and_seed
         weight = scale * sub["input_ids"].shape[0] / n
-        _shard_rng.generator = torch.Generator().manual_seed(int(seeds[k]))
+        _shard_rng.generator = torch.Generator().manual_seed(int(seed))
         try:
             loss = loss_of(sub) * weight
             return loss.detach(), torch.autograd.grad(loss, list(params), allow_unused=True)
         finally:
             _shard_rng.generator = None
 
-    results = threads.map_parallel(one, range(len(shards)), total=total)
+    results = threads.map_parallel(one, list(zip(shards, seeds)), total=total)
     for i, p in enumerate(params):
         for _, grads in results:
             g = grads[i]
