@@ -353,7 +353,13 @@ def _pool(workers: int) -> ThreadPoolExecutor:
 
 def workers_for(jobs: int, total: int) -> tuple[int, int]:
     """(workers, torch threads each) for `jobs` independent pieces of work on `total` threads:
-    one worker per thread while there are pieces enough, the threads shared out otherwise."""
+    one worker per thread while there are pieces enough, the threads shared out otherwise.
+
+    Raises:
+        ValueError: `jobs` is not an integer >= 0 or `total` not an integer >= 1."""
+    for name, v, low in (("jobs", jobs, 0), ("total", total, 1)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ValueError(f"{name} must be an integer >= {low}; got {v!r}")
     w = max(1, min(int(total), int(jobs)))
     return w, max(1, int(total) // w)
 

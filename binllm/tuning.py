@@ -161,6 +161,8 @@ def use_shard_dropout(model: Any) -> bool:
     torch's global generator in thread order."""
     import torch
 
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module (a peft model); got {type(model).__name__}")
     worker_dropout = _worker_dropout_class()
     for mod in model.modules():
         drops = getattr(mod, "lora_dropout", None)
@@ -181,6 +183,8 @@ def shard_batch(inputs: dict[str, Any], parts: int) -> list[dict[str, Any]]:
     `parts` contiguous shards of near-equal size, each without the pad columns no prompt of it needs."""
     if isinstance(parts, bool) or not isinstance(parts, int) or parts < 1:
         raise ValueError(f"parts must be an integer >= 1; got {parts!r}")
+    if "input_ids" not in inputs or "attention_mask" not in inputs:
+        raise ValueError("inputs must hold input_ids and attention_mask tensors")
     n = int(inputs["input_ids"].shape[0])
     bounds = np.linspace(0, n, min(parts, n) + 1).round().astype(int)
     out = []
@@ -207,6 +211,9 @@ def backward_in_shards(loss_of: Callable[[dict[str, Any]], Any], inputs: dict[st
     """
     import torch
 
+    missing = [k for k in ("input_ids", "attention_mask") if k not in inputs]
+    if missing:
+        raise ValueError(f"inputs must hold input_ids and attention_mask tensors; missing {', '.join(missing)}")
     n = int(inputs["input_ids"].shape[0])
     workers, _ = threads.workers_for(n, total if total is not None else torch.get_num_threads())
     shards = shard_batch(inputs, workers)

@@ -281,6 +281,16 @@ def test_shard_dropout_is_reproducible(lm):
     assert torch.equal(ours, torch.nn.Dropout(0.5).train()(x))
 
 
+def test_shard_helpers_reject_bad_input(lm):
+    model, _ = lm
+    with pytest.raises(TypeError, match="model must be"):
+        tuning.use_shard_dropout("not a model")
+    with pytest.raises(ValueError, match="inputs must hold"):
+        tuning.shard_batch({"input_ids": torch.ones(2, 3)}, 2)
+    with pytest.raises(ValueError, match="inputs must hold"):
+        tuning.backward_in_shards(lambda b: b, {"attention_mask": torch.ones(2, 3)}, list(model.parameters()))
+
+
 def test_shard_dropout_declines_a_model_with_its_own_dropout(tiny):
     from peft import get_peft_model
 

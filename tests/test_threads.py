@@ -206,3 +206,9 @@ def test_map_parallel_raises_the_first_error_and_restores():
 def test_map_parallel_rejects_bad_counts(kw):
     with pytest.raises(ValueError, match=next(iter(kw))):
         threads.map_parallel(lambda x: x, [1, 2], **kw)
+
+
+@pytest.mark.parametrize("jobs,total,name", [(-1, 2, "jobs"), (2.0, 2, "jobs"), (2, 0, "total"), (2, True, "total")])
+def test_workers_for_rejects_bad_counts(jobs, total, name):
+    with pytest.raises(ValueError, match=name):
+        threads.workers_for(jobs, total)
