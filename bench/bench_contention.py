@@ -7,7 +7,9 @@ loads, so each variant runs in its own child process of this script.
 
 Stages: the hash model (a few epochs on the embedded ML-100K), a data-prepare
 pass (ML-100K protocol), Yes/No scoring of prompts with the embedded SmolLM2,
-LoRA tuning steps on it (batch 8), and a binllm top-k call. The busy processes are spawned and killed by this
+LoRA tuning steps on it (batch 8), and a binllm top-k call; then reference work (independent matmul pieces
+on 1 and on every core's worker threads) that gives the machine's floor: the slow-down no stage on as many
+threads can beat next to the busy processes. The busy processes are spawned and killed by this
 script; each also exits on its own after a deadline, so none outlives it.
 Targets: busy <= 2x quiet for every stage under the policy; the policy's quiet
 time no worse than before by more than 10%.
@@ -171,6 +173,41 @@ def make_stages(quick: bool, variant: str) -> dict[str, tuple[str, Callable[[], 
             f"binllm topk ({n_q}x{n_i:,}, d=32, k=10)": ("kernels", kernels_stage)}
 
 
+def reference_work(workers: int, quick: bool) -> Callable[[], float]:
+    """The machine's floor for a stage that keeps `workers` threads busy: `workers` threads doing
+    equal, independent float32 matmul pieces (one torch thread each, threads.map_parallel, no
+    synchronisation until the end of a call). Its busy/quiet ratio is what the scheduler and the
+    hardware give that many threads next to the busy processes; no stage on as many threads can beat it."""
+    import torch
+
+    a = torch.randn(384, 384)
+    pieces = list(range(4 * workers))  # several pieces per worker: the call ends when the slowest worker does
+
+    def piece(_: int) -> float:
+        x = a
+        for _ in range(8 if quick else 96):  # about 0.25 s a call on one thread of the Xeon quiet
+            x = torch.tanh(x @ a)
+        return float(x[0, 0])
+
+    def run() -> float:
+        threads.map_parallel(piece, pieces, total=workers)
+        return 1
+
+    return run
+
+
+def reference_counts() -> list[int]:
+    """Thread counts the floor is measured for: 1 and every usable core."""
+    return sorted({1, threads.available_cores()})
+
+
+def stage_threads(kind: str, torch_threads: int, kernel_threads: int) -> int:
+    """Threads a stage keeps busy, capped at the cores: the data protocol runs single-threaded
+    (pandas/numpy), the C++ kernels on their own std::threads, the rest on torch's count."""
+    n = {"data": 1, "kernels": kernel_threads}.get(kind, torch_threads)
+    return max(1, min(n, threads.available_cores()))
+
+
 KINDS = threads.KINDS  # the thread-stage kinds, in the table's order
 VARIANTS = {"before": "before (torch default threads, OpenMP default wait)",
             "after": "after (binllm.threads: policy decided at start)"}
@@ -198,6 +235,11 @@ def child(variant: str, quick: bool, repeats: int, kinds: list[str]) -> list[dic
                      "seconds": secs, "policy": threads.describe()})
         print(f"{name:45s} {variant:6s} torch={n_torch} kernels={n_core} {secs:.3f}s", file=sys.stderr, flush=True)
     threads.set_override(None)
+    for n in reference_counts():
+        secs = timed(reference_work(n, quick), repeats, warmup=True)
+        rows.append({"stage": f"reference: {n} independent thread(s)", "kind": "reference", "workers": n,
+                     "seconds": secs})
+        print(f"reference {n} thread(s) {variant:6s} {secs:.3f}s", file=sys.stderr, flush=True)
     return rows
 
 
@@ -229,16 +271,31 @@ def main() -> None:
                 out = subprocess.run(cmd + (["--quick"] if args.quick else []), env=env, check=True,
                                      stdout=subprocess.PIPE, text=True).stdout
             res[variant, cond] = json.loads(out.strip().splitlines()[-1])
+    # The floor per thread count, from the "after" processes (the reference work is the same in both variants;
+    # the "before" children measure it too, and their figures are in the CSV's reference rows).
+    floor = {r["workers"]: s["seconds"] / r["seconds"]
+             for r, s in zip(res["after", "quiet"], res["after", "busy"]) if r["kind"] == "reference"}
     rows = []
     for i in range(len(res["before", "quiet"])):
         b_q, b_b = res["before", "quiet"][i], res["before", "busy"][i]
         a_q, a_b = res["after", "quiet"][i], res["after", "busy"][i]
+        if b_q["kind"] == "reference":
+            for variant, q, bz in (("before", b_q, b_b), ("after", a_q, a_b)):
+                rows.append({"stage": q["stage"], "kind": "reference",
+                             "variant": f"measured in the {variant} processes",
+                             "quiet: torch threads / wait": f"{q['workers']} workers x 1",
+                             "busy: torch threads / wait": f"{bz['workers']} workers x 1",
+                             "quiet_s": q["seconds"], "busy_s": bz["seconds"],
+                             "busy_over_quiet": bz["seconds"] / q["seconds"]})
+            continue
         for q, bz in ((b_q, b_b), (a_q, a_b)):
-            rows.append({**{k: q[k] for k in ("stage", "kind", "variant")},
+            k = stage_threads(q["kind"], bz["torch_threads"], bz["kernel_threads"])
+            rows.append({**{k_: q[k_] for k_ in ("stage", "kind", "variant")},
                          "quiet: torch threads / wait": f"{q['torch_threads']} / {q['omp_wait_policy']}",
                          "busy: torch threads / wait": f"{bz['torch_threads']} / {bz['omp_wait_policy']}",
                          "kernel_threads": q["kernel_threads"], "quiet_s": q["seconds"], "busy_s": bz["seconds"],
-                         "busy_over_quiet": bz["seconds"] / q["seconds"]})
+                         "busy_over_quiet": bz["seconds"] / q["seconds"], "busy_threads": k,
+                         "floor": floor[k], "busy_over_floor": bz["seconds"] / q["seconds"] / floor[k]})
         rows[-1].update(after_quiet_over_before=a_q["seconds"] / b_q["seconds"],
                         after_busy_over_before=a_b["seconds"] / b_b["seconds"],
                         target_met="yes" if a_b["seconds"] <= 2 * a_q["seconds"]
@@ -248,8 +305,8 @@ def main() -> None:
     env_info["policy"] = {f"{v} / {c}": rows_[0]["policy"] for (v, c), rows_ in res.items()}
     env_info["busy_processes"] = args.busy
     write_table(name, rows, ["stage", "kind", "variant", "quiet: torch threads / wait", "busy: torch threads / wait",
-                             "kernel_threads", "quiet_s", "busy_s", "busy_over_quiet", "after_quiet_over_before",
-                             "after_busy_over_before", "target_met"],
+                             "kernel_threads", "quiet_s", "busy_s", "busy_over_quiet", "busy_threads", "floor",
+                             "busy_over_floor", "after_quiet_over_before", "after_busy_over_before", "target_met"],
                 env_info,
                 f"CPU: {env_info['cpu']} ({threads.available_cores()} cores). Seconds (hash model: per epoch, "
                 f"within a wall budget; tuning: per step), median of {repeats} timed call(s) per cell after one "
@@ -260,6 +317,12 @@ def main() -> None:
                 "the load it sees at start, and the LLM stages run batches (scoring) and batch shards (tuning) on "
                 "worker threads of one torch thread each (each variant and condition in its own process, the "
                 "busy processes started first). "
+                "`floor` = busy/quiet of the reference work on `busy_threads` threads (the threads the stage keeps "
+                "busy next to the busy processes): equal, independent matmul pieces on that many worker threads, "
+                "with nothing to wait for; under fair time-sharing of the cores it is (threads + busy processes) / "
+                "cores for one thread per core, and anything the hardware loses to the neighbours (shared caches, "
+                "a host's SMT sibling) comes on top. `busy_over_floor` = busy_over_quiet / floor: how much the "
+                "stage loses beyond what the machine gives any work on as many threads. "
                 "Target: after busy <= 2x after quiet, and after quiet <= 1.1x before quiet.")
     print(open(os.path.join(os.path.dirname(__file__), "results", name + ".md")).read().split("Machine facts")[0])
 

@@ -317,8 +317,8 @@ class Scorer:
 
                 # On a CPU whole batches run side by side, one torch thread each (threads.map_parallel);
                 # a GPU takes them one after another.
-                threads.map_parallel(one, batches, total=None if dev.type == "cpu" else 1, on_result=done,
-                                     max_workers=self.workers)
+                threads.map_parallel(one, batches, on_result=done,
+                                     max_workers=self.workers if dev.type == "cpu" else 1)
         finally:
             self.model.train(was_training)
         return out

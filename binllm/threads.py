@@ -372,11 +372,11 @@ def map_parallel(fn: Callable[[_T], _R], items: Sequence[_T], total: int | None 
     :func:`workers_for` workers (at most `max_workers`) with torch set to the threads
     each for the duration of the call, then restored. Each worker runs `fn` in the caller's grad,
     inference and CPU-autocast modes (torch keeps those per thread). With one
-    worker, or one item, `fn` runs in the calling thread and torch's threads are
-    left alone. `on_result(i, result)` is called in the calling thread, in order,
-    as results arrive (for progress). The first exception raised by `fn` (in item
-    order) is raised here once the pieces already running end; the others are
-    dropped. Not reentrant: torch's thread count is process-wide.
+    worker, or one item, `fn` runs in the calling thread, on `total` torch threads
+    (set for the call only where that differs from torch's count). `on_result(i, result)`
+    is called in the calling thread, in order, as results arrive (for progress).
+    The first exception raised by `fn` (in item order) is raised here once the
+    pieces already running end; the others are dropped. Not reentrant: torch's thread count is process-wide.
 
     Raises:
         ValueError: `total` or `max_workers` is not an integer >= 1.
@@ -390,12 +390,19 @@ def map_parallel(fn: Callable[[_T], _R], items: Sequence[_T], total: int | None 
             raise ValueError(f"{name} must be a thread count, an integer >= 1; got {v!r}")
     workers, each = workers_for(min(len(items), max_workers or len(items)), total)
     if workers == 1:
-        out = []
-        for i, x in enumerate(items):
-            out.append(fn(x))
-            if on_result is not None:
-                on_result(i, out[-1])
-        return out
+        before = torch.get_num_threads()
+        if each != before:  # an explicit `total` is honoured here too (the default is torch's own count)
+            torch.set_num_threads(each)
+        try:
+            out = []
+            for i, x in enumerate(items):
+                out.append(fn(x))
+                if on_result is not None:
+                    on_result(i, out[-1])
+            return out
+        finally:
+            if each != before:
+                torch.set_num_threads(before)
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
     autocast = torch.is_autocast_enabled("cpu")
     autocast_dtype = torch.get_autocast_dtype("cpu")

@@ -250,3 +250,46 @@ def test_a_failing_suite_is_not_reported_as_a_user_mistake(tmp_path, monkeypatch
     monkeypatch.setattr(codes, "run", broken)
     with pytest.raises(RuntimeError, match="binllm bench codes failed: boom"):
         cli.main(["bench", "codes", "--out", str(tmp_path)])
+
+
+def _bench_script(name: str):  # noqa: ANN202 - a module loaded from bench/
+    path = os.path.join(PKG_PARENT, "bench", name + ".py")
+    if not os.path.exists(path):
+        pytest.skip(f"bench/{name}.py is not beside this binllm (an installed copy)")
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_contention_floor_counts_the_threads_a_stage_keeps_busy(monkeypatch):
+    """bench_contention compares each stage with the floor for the threads it keeps busy: the data
+    protocol is single-threaded, the kernels run on their own threads, the rest on torch's count,
+    never more than the cores."""
+    mod = _bench_script("bench_contention")
+    monkeypatch.setattr(mod.threads, "available_cores", lambda: 4)
+    assert mod.stage_threads("data", 4, 4) == 1
+    assert mod.stage_threads("kernels", 1, 3) == 3
+    assert mod.stage_threads("hash", 1, 4) == 1
+    assert mod.stage_threads("llm", 8, 4) == 4
+    assert mod.reference_counts() == [1, 4]
+    monkeypatch.setattr(mod.threads, "available_cores", lambda: 1)
+    assert mod.reference_counts() == [1]
+
+
+def test_contention_reference_work_runs_on_the_asked_workers_and_restores_torch(monkeypatch):
+    import torch
+
+    mod = _bench_script("bench_contention")
+    before = torch.get_num_threads()
+    seen = []
+    real = mod.threads.map_parallel
+
+    def spy(fn, items, total=None, **kw):  # noqa: ANN001, ANN202
+        seen.append((len(items), total))
+        return real(fn, items, total=total, **kw)
+
+    monkeypatch.setattr(mod.threads, "map_parallel", spy)
+    assert mod.reference_work(2, quick=True)() == 1
+    assert seen == [(8, 2)]
+    assert torch.get_num_threads() == before

@@ -167,12 +167,15 @@ def test_map_parallel_order_results_and_threads():
     assert [r[0] for r in out] == [x * 10 for x in range(7)] and seen == [(x, x * 10) for x in range(7)]
     assert {r[1] for r in out} == {1} and all(n.startswith("binllm-worker") for n in names)
     assert torch.get_num_threads() == 2
-    # one worker (total 1, max_workers 1 or a single item): the calling thread, torch's count untouched
+    # one worker (total 1, max_workers 1 or a single item): the calling thread, on `total` torch threads
+    # (an explicit total of 1 is honoured for the call, then torch's count comes back)
     main = threading.current_thread().name
-    for kw, items in (({"total": 1}, [1, 2]), ({"total": 2, "max_workers": 1}, [1, 2]), ({"total": 2}, [1])):
+    for kw, items, want in (({"total": 1}, [1, 2], 1), ({"total": 2, "max_workers": 1}, [1, 2], 2),
+                            ({"total": 2}, [1], 2), ({"max_workers": 1}, [1, 2], 2)):
         names.clear()
         out = threads.map_parallel(fn, items, **kw)
-        assert names == {main} and [r[1] for r in out] == [2] * len(items), kw
+        assert names == {main} and [r[1] for r in out] == [want] * len(items), kw
+        assert torch.get_num_threads() == 2
     assert threads.map_parallel(fn, [], total=2) == []
 
 
@@ -198,6 +201,9 @@ def test_map_parallel_raises_the_first_error_and_restores():
 
     with pytest.raises(KeyError, match="piece 2"):
         threads.map_parallel(fn, list(range(6)), total=2)
+    assert torch.get_num_threads() == 2
+    with pytest.raises(KeyError, match="piece 2"):  # one worker, in the calling thread, on 1 thread
+        threads.map_parallel(fn, list(range(6)), total=1)
     assert torch.get_num_threads() == 2
 
 
