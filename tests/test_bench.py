@@ -253,12 +253,17 @@ def test_a_failing_suite_is_not_reported_as_a_user_mistake(tmp_path, monkeypatch
 
 
 def _bench_script(name: str):  # noqa: ANN202 - a module loaded from bench/
-    path = os.path.join(PKG_PARENT, "bench", name + ".py")
-    if not os.path.exists(path):
-        pytest.skip(f"bench/{name}.py is not beside this binllm (an installed copy)")
+    # bench/ sits beside tests/ in the repository (the installed package does not carry it)
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", name + ".py")
     spec = importlib.util.spec_from_file_location(f"_bench_{name}", path)
     mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    path_before, had_common = list(sys.path), "common" in sys.modules
+    try:
+        spec.loader.exec_module(mod)  # the script puts bench/ on sys.path for its `common` helpers
+    finally:
+        sys.path[:] = path_before
+        if not had_common:
+            sys.modules.pop("common", None)
     return mod
 
 
