@@ -197,8 +197,12 @@ def reference_work(workers: int, quick: bool) -> Callable[[], float]:
 
 
 def reference_counts() -> list[int]:
-    """Thread counts the floor is measured for: 1 and every usable core."""
-    return sorted({1, threads.available_cores()})
+    """Thread counts the floor is measured for: 1, every usable core, and each count of the stage plan
+    (capped at the cores: an OMP_NUM_THREADS, BINLLM_NUM_THREADS or BINLLM_STAGE_THREADS the user set).
+    The plan's other counts (hash: 1 or every core, depending on the load) are among the first two, so
+    every child process measures the same counts."""
+    cores = threads.available_cores()
+    return sorted({1, cores} | {min(n, cores) for n in threads.plan().values()})
 
 
 def stage_threads(kind: str, torch_threads: int, kernel_threads: int) -> int:
@@ -273,8 +277,9 @@ def main() -> None:
             res[variant, cond] = json.loads(out.strip().splitlines()[-1])
     # The floor per thread count, from the "after" processes (the reference work is the same in both variants;
     # the "before" children measure it too, and their figures are in the CSV's reference rows).
-    floor = {r["workers"]: s["seconds"] / r["seconds"]
-             for r, s in zip(res["after", "quiet"], res["after", "busy"]) if r["kind"] == "reference"}
+    ref_busy = {r["workers"]: r["seconds"] for r in res["after", "busy"] if r["kind"] == "reference"}
+    floor = {r["workers"]: ref_busy[r["workers"]] / r["seconds"]
+             for r in res["after", "quiet"] if r["kind"] == "reference" and r["workers"] in ref_busy}
     rows = []
     for i in range(len(res["before", "quiet"])):
         b_q, b_b = res["before", "quiet"][i], res["before", "busy"][i]
@@ -290,12 +295,14 @@ def main() -> None:
             continue
         for q, bz in ((b_q, b_b), (a_q, a_b)):
             k = stage_threads(q["kind"], bz["torch_threads"], bz["kernel_threads"])
+            ratio = bz["seconds"] / q["seconds"]
             rows.append({**{k_: q[k_] for k_ in ("stage", "kind", "variant")},
                          "quiet: torch threads / wait": f"{q['torch_threads']} / {q['omp_wait_policy']}",
                          "busy: torch threads / wait": f"{bz['torch_threads']} / {bz['omp_wait_policy']}",
                          "kernel_threads": q["kernel_threads"], "quiet_s": q["seconds"], "busy_s": bz["seconds"],
-                         "busy_over_quiet": bz["seconds"] / q["seconds"], "busy_threads": k,
-                         "floor": floor[k], "busy_over_floor": bz["seconds"] / q["seconds"] / floor[k]})
+                         "busy_over_quiet": ratio, "busy_threads": k,
+                         # blank where no reference ran on k threads (not expected: see reference_counts)
+                         "floor": floor.get(k, ""), "busy_over_floor": ratio / floor[k] if k in floor else ""})
         rows[-1].update(after_quiet_over_before=a_q["seconds"] / b_q["seconds"],
                         after_busy_over_before=a_b["seconds"] / b_b["seconds"],
                         target_met="yes" if a_b["seconds"] <= 2 * a_q["seconds"]
@@ -318,11 +325,14 @@ def main() -> None:
                 "worker threads of one torch thread each (each variant and condition in its own process, the "
                 "busy processes started first). "
                 "`floor` = busy/quiet of the reference work on `busy_threads` threads (the threads the stage keeps "
-                "busy next to the busy processes): equal, independent matmul pieces on that many worker threads, "
+                "busy next to the busy processes), as measured in the `after` processes and used for both variants' "
+                "rows (the `before` processes' own figures are the reference rows marked so): equal, independent "
+                "matmul pieces on that many worker threads, "
                 "with nothing to wait for; under fair time-sharing of the cores it is (threads + busy processes) / "
                 "cores for one thread per core, and anything the hardware loses to the neighbours (shared caches, "
                 "a host's SMT sibling) comes on top. `busy_over_floor` = busy_over_quiet / floor: how much the "
-                "stage loses beyond what the machine gives any work on as many threads. "
+                "stage loses beyond what the machine gives any work on as many threads (for the hash stage, "
+                "on every core quiet and one thread busy, that includes the second core it gives up). "
                 "Target: after busy <= 2x after quiet, and after quiet <= 1.1x before quiet.")
     print(open(os.path.join(os.path.dirname(__file__), "results", name + ".md")).read().split("Machine facts")[0])
 

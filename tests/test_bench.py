@@ -277,7 +277,13 @@ def test_contention_floor_counts_the_threads_a_stage_keeps_busy(monkeypatch):
     assert mod.stage_threads("kernels", 1, 3) == 3
     assert mod.stage_threads("hash", 1, 4) == 1
     assert mod.stage_threads("llm", 8, 4) == 4
+    for var in ("OMP_NUM_THREADS", "BINLLM_NUM_THREADS", mod.threads.ENV_VAR):
+        monkeypatch.delenv(var, raising=False)
     assert mod.reference_counts() == [1, 4]
+    # a count the user set is measured too (capped at the cores), so every stage row has its floor
+    monkeypatch.setenv(mod.threads.ENV_VAR, "llm=2,kernels=9")
+    assert mod.reference_counts() == [1, 2, 4]
+    monkeypatch.delenv(mod.threads.ENV_VAR)
     monkeypatch.setattr(mod.threads, "available_cores", lambda: 1)
     assert mod.reference_counts() == [1]
 

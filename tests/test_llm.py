@@ -154,6 +154,30 @@ def test_scorer_batches_side_by_side_equal_one_at_a_time(lm):
             scoring.Scorer(model, tok, workers=bad)
 
 
+def test_scorer_asks_for_one_worker_off_the_cpu_and_leaves_torch_threads(lm, monkeypatch):
+    """Off a CPU the Scorer runs one batch at a time (max_workers=1) at torch's own thread count (no
+    `total`); on a CPU it asks for its `workers` cap. A model on the meta device stands in for a GPU."""
+    import copy
+
+    from binllm import threads
+
+    model, tok = lm
+    calls = []
+
+    def spy(fn, items, total=None, on_result=None, max_workers=None):  # noqa: ANN001, ANN202, ARG001
+        calls.append((total, max_workers))
+        for i, sel in enumerate(items):
+            on_result(i, np.zeros(len(sel), np.float32))
+
+    monkeypatch.setattr(threads, "map_parallel", spy)
+    ps = ["a b c", "d e", "f"]
+    meta = copy.deepcopy(model).to("meta")
+    assert scoring.Scorer(meta, tok, batch_size=2, workers=2).score(ps).tolist() == [0.0, 0.0, 0.0]
+    scoring.Scorer(model, tok, batch_size=2, workers=2).score(ps)
+    scoring.Scorer(model, tok, batch_size=2).score(ps)
+    assert calls == [(None, 1), (None, 2), (None, None)]
+
+
 def _batch(tok, ps):
     ids, mask, pos = scoring.collate_left(scoring.tokenize(tok, ps), tok.pad_token_id)
     return {"input_ids": ids, "attention_mask": mask, "position_ids": pos,
