@@ -389,20 +389,34 @@ def map_parallel(fn: Callable[[_T], _R], items: Sequence[_T], total: int | None 
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise ValueError(f"{name} must be a thread count, an integer >= 1; got {v!r}")
     workers, each = workers_for(min(len(items), max_workers or len(items)), total)
-    if workers == 1:
-        before = torch.get_num_threads()
-        if each != before:  # an explicit `total` is honoured here too (the default is torch's own count)
-            torch.set_num_threads(each)
-        try:
+    with _torch_threads(torch, each):
+        if workers == 1:  # in the calling thread (an explicit `total` is honoured here too)
             out = []
             for i, x in enumerate(items):
                 out.append(fn(x))
                 if on_result is not None:
                     on_result(i, out[-1])
             return out
-        finally:
-            if each != before:
-                torch.set_num_threads(before)
+        return _map_on_pool(torch, fn, items, workers, on_result)
+
+
+@contextlib.contextmanager
+def _torch_threads(torch, n: int) -> Iterator[None]:  # noqa: ANN001 - the torch module, imported lazily
+    """torch at `n` threads inside the block, its count restored after (untouched where it is `n`)."""
+    before = torch.get_num_threads()
+    if n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _map_on_pool(torch, fn: Callable[[_T], _R], items: Sequence[_T], workers: int,  # noqa: ANN001
+                 on_result: Callable[[int, _R], None] | None) -> list[_R]:
+    """map_parallel's pieces on the kept pool of `workers` threads, in the caller's torch modes."""
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
     autocast = torch.is_autocast_enabled("cpu")
     autocast_dtype = torch.get_autocast_dtype("cpu")
@@ -414,8 +428,6 @@ def map_parallel(fn: Callable[[_T], _R], items: Sequence[_T], total: int | None 
                 modes.enter_context(torch.autocast("cpu", dtype=autocast_dtype))
             return fn(x)
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(each)
     futures = []
     try:
         futures = [_pool(workers).submit(call, x) for x in items]
@@ -431,5 +443,3 @@ def map_parallel(fn: Callable[[_T], _R], items: Sequence[_T], total: int | None 
             f.cancel()
         wait(futures)
         raise
-    finally:
-        torch.set_num_threads(before)

@@ -178,14 +178,20 @@ def use_shard_dropout(model: Any) -> bool:
                    and v > 0 for k, v in cfg.items())
 
 
+def _batch_rows(inputs: dict[str, Any]) -> int:
+    """Prompts in a collated batch; a ValueError naming `inputs` if it lacks the tensors shards need."""
+    missing = [k for k in ("input_ids", "attention_mask") if k not in inputs]
+    if missing:
+        raise ValueError(f"inputs must hold input_ids and attention_mask tensors; missing {', '.join(missing)}")
+    return int(inputs["input_ids"].shape[0])
+
+
 def shard_batch(inputs: dict[str, Any], parts: int) -> list[dict[str, Any]]:
     """Cuts a left-padded batch (input_ids, attention_mask, position_ids and per-prompt tensors) into
     `parts` contiguous shards of near-equal size, each without the pad columns no prompt of it needs."""
     if isinstance(parts, bool) or not isinstance(parts, int) or parts < 1:
         raise ValueError(f"parts must be an integer >= 1; got {parts!r}")
-    if "input_ids" not in inputs or "attention_mask" not in inputs:
-        raise ValueError("inputs must hold input_ids and attention_mask tensors")
-    n = int(inputs["input_ids"].shape[0])
+    n = _batch_rows(inputs)
     bounds = np.linspace(0, n, min(parts, n) + 1).round().astype(int)
     out = []
     for a, b in zip(bounds[:-1], bounds[1:]):
@@ -211,10 +217,7 @@ def backward_in_shards(loss_of: Callable[[dict[str, Any]], Any], inputs: dict[st
     """
     import torch
 
-    missing = [k for k in ("input_ids", "attention_mask") if k not in inputs]
-    if missing:
-        raise ValueError(f"inputs must hold input_ids and attention_mask tensors; missing {', '.join(missing)}")
-    n = int(inputs["input_ids"].shape[0])
+    n = _batch_rows(inputs)
     workers, _ = threads.workers_for(n, total if total is not None else torch.get_num_threads())
     shards = shard_batch(inputs, workers)
     seeds = torch.randint(0, 2**62, (len(shards),)).tolist()  # from the global generator: reproducible
