@@ -1,4 +1,4 @@
-"""Candidate retrieval with exclusion lists: binllm.recommend.retrieve_codes vs FAISS IndexBinaryFlat
+"""Candidate retrieval with exclusion lists: binllm.retrieval.retrieve_codes vs FAISS IndexBinaryFlat
 + the same numpy exclusion filter, every user of a synthetic code book, top-k.
 
 Each implementation runs in its own subprocess (one at a time) so that ``ru_maxrss`` is its own
@@ -42,7 +42,7 @@ def _rss_bytes() -> int:
 def _faiss_retrieve(index, queries: np.ndarray, d: int, n: int, off: np.ndarray, ex: np.ndarray,
                     chunk: int) -> tuple[np.ndarray, np.ndarray]:
     """FAISS Hamming search for n + max exclusions, then the same vectorised filter as binllm."""
-    from binllm.recommend import filter_excluded
+    from binllm.retrieval import filter_excluded
 
     q, m = len(queries), index.ntotal
     scores = np.empty((q, n), np.int32)
@@ -73,12 +73,15 @@ def child(args: argparse.Namespace) -> None:
         ex = ex[:off[-1]]
     rss_inputs = _rss_bytes()
     q = len(users)
-    if args.child == "binllm":
+    if args.child in ("binllm", "binllm-ties"):
         import binllm
-        from binllm.recommend import retrieve_codes
+        from binllm.retrieval import retrieve_codes
 
         binllm.set_num_threads(args.threads)
-        run = lambda: retrieve_codes(users, items, args.d, args.k, off, ex, chunk=args.chunk)  # noqa: E731
+        # binllm-ties: equal scores ordered by a given item order (binllm's lists pass item popularity)
+        ties = np.random.default_rng(1).permutation(len(items)) if args.child == "binllm-ties" else None
+        run = lambda: retrieve_codes(users, items, args.d, args.k, off, ex, chunk=args.chunk,  # noqa: E731
+                                     tie_order=ties)
     else:
         import faiss
 
@@ -140,7 +143,7 @@ def main() -> None:
     ap.add_argument("--name", default=None, help="results file name (default retrieval / retrieval_quick)")
     ap.add_argument("--repeats", type=int, default=3, help="timed runs on the subset (the full run is timed once)")
     ap.add_argument("--quick", action="store_true", help="20k users x 100k items, FAISS on 2k users")
-    ap.add_argument("--child", choices=["binllm", "faiss", "generate"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["binllm", "binllm-ties", "faiss", "generate"], help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--child-users", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--check-out", default="", help=argparse.SUPPRESS)
@@ -166,6 +169,7 @@ def main() -> None:
         fu = min(args.faiss_users, args.users)
         res_b_sub = _run_child("binllm", data, fu, args, args.repeats)
         res_f_sub = _run_child("faiss", data, fu, args, args.repeats)
+        res_t_sub = _run_child("binllm-ties", data, fu, args, args.repeats)
         res_b_all = _run_child("binllm", data, args.users, args, 1)
         # one thread each: OpenMP's spinning barriers make FAISS collapse when the cores are shared
         # with other work, so the single-thread rates show the kernels without that effect
@@ -205,6 +209,10 @@ def main() -> None:
         {"impl": "binllm retrieve_codes", "users": fu, "seconds": med(res_b_sub), "users_per_s": rate_b_sub,
          "pairs_per_s": rate_b_sub * args.items, "speedup_vs_faiss": rate_b_sub / rate_f_sub,
          "note": f"measured, median of {len(res_b_sub['times'])}"},
+        {"impl": "binllm retrieve_codes, ties by a given item order (tie_order)", "users": fu,
+         "seconds": med(res_t_sub), "users_per_s": fu / med(res_t_sub), "pairs_per_s": fu / med(res_t_sub) * args.items,
+         "speedup_vs_faiss": fu / med(res_t_sub) / rate_f_sub,
+         "note": f"measured, median of {len(res_t_sub['times'])}; as binllm's lists run (ties by popularity)"},
         {"impl": "faiss IndexBinaryFlat + numpy filter", "users": fu, "seconds": med(res_f_sub),
          "users_per_s": rate_f_sub, "pairs_per_s": rate_f_sub * args.items, "speedup_vs_faiss": 1.0,
          "note": f"measured, median of {len(res_f_sub['times'])}"},
@@ -227,7 +235,7 @@ def main() -> None:
 {args.users:,} users x {args.items:,} items, {args.d}-bit random codes, {args.excluded} random excluded items per
 user (CSR int32), top-{args.k}, {args.threads} threads, users in chunks of {args.chunk}. Both implementations ask for
 k + (most exclusions in the chunk) items and drop the excluded ones with the same vectorised numpy filter
-(`binllm.recommend.filter_excluded`); they differ in the kernel. Agreement checked (after the timed runs) on
+(`binllm.retrieval.filter_excluded`); they differ in the kernel. Agreement checked (after the timed runs) on
 {nchk} users (binllm order == numpy oracle, FAISS scores == binllm scores; FAISS orders ties its own way).
 
 Peak memory of the binllm run over all users (own subprocess, VmHWM; `ru_maxrss` {res_b_all['ru_maxrss'] * mb:.1f} MiB):

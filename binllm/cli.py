@@ -246,6 +246,12 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
     add_config_flags(p.add_argument_group("hash model (HashConfig)"), HashConfig, skip=("model",))
     add_config_flags(p.add_argument_group("MF baseline (HashConfig.mf_baseline)"), HashConfig, prefix="mf-",
                      skip=("model",))
+    p.add_argument("--retrieval", action="store_true",
+                   help="also train the retrieval codes for top-N lists (--retrieval-* settings; default: "
+                        "HashConfig.retrieval_codes, sampled softmax, 64 bits), written to "
+                        "retrieval_codebook.safetensors")
+    add_config_flags(p.add_argument_group("retrieval codes (HashConfig.retrieval_codes)"), HashConfig,
+                     prefix="retrieval-", skip=("model",))
 
 
 @command("pretrain", "train the hash model (and the MF baseline with --mf); write the code book", _pretrain_args)
@@ -259,8 +265,15 @@ def _pretrain(args: argparse.Namespace) -> int:
         kw = {f.name: getattr(args, "mf_" + f.name) for f in dataclasses.fields(HashConfig)
               if f.name != "model" and getattr(args, "mf_" + f.name, None) is not None}
         mf = HashConfig.mf_baseline(**kw)
-    res = stages.pretrain(args.data, args.out, cfg, mf, resume=args.resume, progress=not args.quiet)
-    rows = {("BinMF (hash codes)" if k == "hash" else "MF"): v for k, v in res.items() if k in ("hash", "mf") and v}
+    rcfg = None
+    if args.retrieval:
+        kw = {f.name: getattr(args, "retrieval_" + f.name) for f in dataclasses.fields(HashConfig)
+              if f.name != "model" and getattr(args, "retrieval_" + f.name, None) is not None}
+        rcfg = HashConfig.retrieval_codes(**kw)
+    res = stages.pretrain(args.data, args.out, cfg, mf, resume=args.resume, progress=not args.quiet,
+                          retrieval_cfg=rcfg)
+    names = {"hash": "BinMF (hash codes)", "mf": "MF", "retrieval": "retrieval codes"}
+    rows = {names[k]: v for k, v in res.items() if k in names and v}
     print(metrics.table(rows))
     h = res["hash"]
     print(f"hash: best epoch {h['best_epoch']} of {h['epochs']}, {h['seconds_per_epoch']:.3f} s/epoch; "
@@ -424,6 +437,10 @@ def _recommend_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--users", help="raw user ids, comma-separated, or @FILE with one id a line (default: all users)")
     p.add_argument("--n", type=int, default=50, help="candidates retrieved by the packed codes")
     p.add_argument("--k", type=int, default=10, help="items in each final list")
+    p.add_argument("--codes", choices=["auto", "retrieval", "prompt"], default="auto",
+                   help="code book of the candidates: 'auto' = the run's retrieval codes "
+                        "(hash/retrieval_codebook.safetensors, trained for top-N lists) when it has them, else its "
+                        "prompt codes (hash/codebook.safetensors); ties go to the more popular item")
     p.add_argument("--rerank", choices=["text", "binllm"], help="re-rank the candidates with this tuned adapter")
     p.add_argument("--format", dest="fmt", choices=["jsonl", "tsv"], default="jsonl")
     p.add_argument("--include-valid", action="store_true", help="also exclude the items rated in valid")
@@ -442,7 +459,8 @@ def _recommend(args: argparse.Namespace) -> int:
         else:
             users = [x.strip() for x in args.users.split(",") if x.strip()]
     out = recommend(args.run_dir, args.out, users=users, n=args.n, k=args.k, rerank=args.rerank, fmt=args.fmt,
-                    include_valid=args.include_valid, progress=not args.quiet, device=args.device, dtype=args.dtype)
+                    include_valid=args.include_valid, progress=not args.quiet, device=args.device, dtype=args.dtype,
+                    codes=args.codes)
     print(f"wrote {out}")
     return 0
 
@@ -450,8 +468,10 @@ def _recommend(args: argparse.Namespace) -> int:
 def _evaluate_lists_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="a finished run folder (binllm run)")
     p.add_argument("--users", type=int, help="evaluate a sample of this many users (default: all)")
-    p.add_argument("--n", type=int, default=50, help="candidates retrieved for re-ranking")
-    p.add_argument("--rerank-users", type=int, default=8, help="users whose candidates the LLM re-ranks (slow)")
+    p.add_argument("--n", type=int, default=20, help="candidates retrieved for re-ranking")
+    p.add_argument("--rerank-users", type=int, default=300, help="users whose candidates the LLM re-ranks (slow)")
+    p.add_argument("--no-anchors", dest="anchors", action="store_false",
+                   help="skip the `implicit` ALS / BPR anchor rows (they need the bench extra)")
     p.add_argument("--out", help="write OUT.md and OUT.json")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -465,7 +485,7 @@ def _evaluate_lists(args: argparse.Namespace) -> int:
     from .recommend import evaluate_lists, lists_markdown
 
     res = evaluate_lists(args.run_dir, users=args.users, n=args.n, rerank_users=args.rerank_users, seed=args.seed,
-                         progress=not args.quiet, device=args.device, dtype=args.dtype)
+                         progress=not args.quiet, device=args.device, dtype=args.dtype, anchors=args.anchors)
     md = lists_markdown(res)
     if args.out:
         atomic_write_json(Path(args.out).with_suffix(".json"), res)

@@ -74,6 +74,10 @@ def sign_ste(x: torch.Tensor, clip: bool = False) -> torch.Tensor:
     return SignSTE.apply(x, clip)
 
 
+#: Training objectives of :class:`HashConfig` (see its ``objective``).
+OBJECTIVES = ("bce", "bpr", "softmax")
+
+
 @dataclass
 class HashConfig:
     """Settings of the hash model and of its training loop.
@@ -97,6 +101,22 @@ class HashConfig:
         decorr_weight: weight of the decorrelation penalty, the mean squared off-diagonal entry of
             the bits' uncentred second-moment matrix ``h^T h / n`` of the tanh outputs over the batch
             (0 = off; hash model only).
+        objective: what the codes are trained for. ``"bce"`` (the paper's): BCE of the score as a
+            logit on the rated train pairs and their like/dislike labels, model selection by valid
+            AUC; codes for prompts and pair scores. ``"bpr"`` / ``"softmax"``: implicit feedback for
+            top-N lists, on the train positives against `negatives` items drawn per positive from
+            the whole catalogue (BPR: ``softplus(s_neg - s_pos)``; sampled softmax: cross-entropy of
+            the positive among them, with the log-q correction of the sampler), model selection by
+            valid NDCG@10 of full-catalogue lists (train items excluded).
+        negatives: catalogue items drawn per positive (bpr / softmax).
+        neg_popularity: share of those drawn in proportion to the item's train positives (the rest
+            uniform over the catalogue); 0 = uniform.
+        temperature: scores (+-1 inner products, in -d..d) are divided by it before the loss.
+        prior_weight: list objectives only: the exported codes get an item-popularity prior,
+            ``prior_weight * log(1 + train positives)``, as extra thermometer bits (users all ones, so
+            the +-1 product of the wider codes is the learned product plus the prior:
+            :func:`binllm.retrieval.append_prior_bits`); 0 = none; None = the weight of
+            :data:`binllm.retrieval.PRIOR_WEIGHTS` with the best valid NDCG@10.
     """
 
     model: str = "hash"
@@ -114,12 +134,26 @@ class HashConfig:
     seed: int = 0
     balance_weight: float = 0.0
     decorr_weight: float = 0.0
+    objective: str = "bce"
+    negatives: int = 1
+    neg_popularity: float = 0.0
+    temperature: float = 1.0
+    prior_weight: float | None = 0.0
 
     @classmethod
     def mf_baseline(cls, **overrides: Any) -> HashConfig:
         """The paper's continuous MF baseline: 256-d, Adam lr 1e-3, weight decay 1e-4,
         patience 10. `overrides` replace any field (e.g. ``max_epochs``, ``seed``)."""
         base: dict[str, Any] = dict(model="mf", d=256, lr=1e-3, weight_decay=1e-4, patience=10)
+        base.update(overrides)
+        return cls(**base)
+
+    @classmethod
+    def retrieval_codes(cls, **overrides: Any) -> HashConfig:
+        """The retrieval codes of ``binllm run``: a hash model trained for top-N lists (sampled softmax,
+        16 catalogue negatives per positive, 64 bits), chosen by valid HR@10 in tools/lists_search.py
+        (results/lists_search.md). `overrides` replace any field."""
+        base: dict[str, Any] = dict(objective="softmax", d=64, negatives=16, patience=20, prior_weight=None)
         base.update(overrides)
         return cls(**base)
 
@@ -139,6 +173,27 @@ class HashConfig:
                 raise ValueError(f"{name} must be a finite number >= 0; got {v!r}")
         if self.init_std <= 0:
             raise ValueError(f"init_std must be > 0; got {self.init_std}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}; got {self.objective!r}")
+        if isinstance(self.negatives, bool) or not isinstance(self.negatives, int) or self.negatives < 1:
+            raise ValueError(f"negatives must be an integer >= 1; got {self.negatives!r}")
+        if not (isinstance(self.neg_popularity, (int, float)) and 0 <= self.neg_popularity <= 1):
+            raise ValueError(f"neg_popularity must be a number in [0, 1]; got {self.neg_popularity!r}")
+        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
+                and self.temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0; got {self.temperature!r}")
+
+        pw = self.prior_weight
+        if pw is not None and not (isinstance(pw, (int, float)) and not isinstance(pw, bool) and math.isfinite(pw)
+                                   and pw >= 0):
+            raise ValueError(f"prior_weight must be None (chosen on valid) or a finite number >= 0; got {pw!r}")
+        if self.objective == "bce" and pw != 0:
+            raise ValueError("prior_weight applies to the list objectives (bpr, softmax); objective 'bce' needs 0")
+
+    @property
+    def for_lists(self) -> bool:
+        """Whether the objective trains for top-N lists (bpr, softmax) rather than pair labels."""
+        return self.objective != "bce"
 
     def beta(self, epoch: int) -> float:
         """Probability of the binary value during (0-based) `epoch`."""
@@ -188,6 +243,11 @@ class HashModel(nn.Module):
                 gen: torch.Generator | None = None) -> torch.Tensor:
         return self.pair(u, i, beta, gen)[0]
 
+    def vectors(self, side: str, ids: torch.Tensor, beta: float = 1.0,
+                gen: torch.Generator | None = None) -> torch.Tensor:
+        """The mixed binary/continuous codes (ids.shape + (d,)) of ids of one side, as in training."""
+        return self._mix(self.continuous(side, ids), beta, gen)
+
     def pair(self, u: torch.Tensor, i: torch.Tensor, beta: float = 1.0,
              gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(logits (n,), user tanh outputs (n, d), item tanh outputs (n, d)); the regularisers
@@ -217,6 +277,11 @@ class MFModel(nn.Module):
 
     def forward(self, u, i, beta: float = 0.0, gen=None):  # noqa: ARG002  (HashModel's signature; MF ignores both)
         return (self.user_emb(u) * self.item_emb(i)).sum(-1)
+
+    def vectors(self, side: str, ids: torch.Tensor, beta: float = 0.0,  # noqa: ARG002  (HashModel's signature)
+                gen: torch.Generator | None = None) -> torch.Tensor:  # noqa: ARG002
+        """The embeddings (ids.shape + (d,)) of ids of one side."""
+        return (self.user_emb if side == "user" else self.item_emb)(ids)
 
     @torch.no_grad()
     def binary_scores(self, u, i):
@@ -284,6 +349,134 @@ def _regulariser(cfg: HashConfig, h: torch.Tensor) -> torch.Tensor:
     return out
 
 
+# ---------------------------------------------------------------- list objectives
+
+#: Model selection metric of the list objectives (a key of the per-epoch history).
+SELECT_LISTS = "valid_ndcg@10"
+
+
+class _ListData:
+    """What a list objective (bpr / softmax) trains and selects on: the train positives, a sampler of
+    catalogue negatives (uniform mixed with popularity, collisions with the user's own train
+    positives drawn again once) and the valid list task (train items excluded)."""
+
+    def __init__(self, prep: Prepared, cfg: HashConfig):
+        from . import retrieval
+
+        tr = prep.split("train")
+        liked = tr[tr["label"].to_numpy() == 1]
+        if len(liked) == 0:
+            raise ValueError(f"objective {cfg.objective!r} trains on train positives; the train split has none")
+        self.cfg = cfg
+        self.u = torch.from_numpy(liked["uid"].to_numpy().astype(np.int64))
+        self.i = torch.from_numpy(liked["iid"].to_numpy().astype(np.int64))
+        self.slots = prep.n_item_slots
+        pop = retrieval.popularity(prep).astype(np.float64)  # catalogue index = slot - 1
+        m = len(pop)
+        self.pop_p = torch.from_numpy(pop / pop.sum())
+        q = (1 - cfg.neg_popularity) / m + cfg.neg_popularity * pop / pop.sum()
+        # log-probability of each slot - 1 under the sampler (floored: the redraw is uniform even when the
+        # sampler gives an item no mass)
+        self.log_q = torch.from_numpy(np.log(np.maximum(q, 1e-12))).float()
+        self.keys = torch.unique(self.u * self.slots + self.i)  # sorted
+        self.m = m
+        self.task = retrieval.ListTask.of(prep, ("train",), "valid")
+        if len(self.task.users) == 0:
+            raise ValueError(f"objective {cfg.objective!r} selects its epoch by valid lists, but no user has a valid "
+                             "positive that is not already rated in train; use objective 'bce'")
+
+    def _is_positive(self, u: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        k = u[:, None] * self.slots + items
+        pos = torch.searchsorted(self.keys, k).clamp(max=len(self.keys) - 1)
+        return self.keys[pos] == k
+
+    def negatives(self, u: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Item slots (len(u), negatives) drawn from the sampler."""
+        shape = (len(u), self.cfg.negatives)
+        neg = torch.randint(0, self.m, shape, generator=gen)
+        if self.cfg.neg_popularity > 0:
+            pop = torch.multinomial(self.pop_p, neg.numel(), replacement=True, generator=gen).view(shape)
+            neg = torch.where(torch.rand(shape, generator=gen) < self.cfg.neg_popularity, pop, neg)
+        neg = neg + 1
+        hit = self._is_positive(u, neg)
+        if hit.any():  # once: a few collisions left are noise the loss tolerates
+            neg[hit] = torch.randint(0, self.m, (int(hit.sum()),), generator=gen) + 1
+        return neg
+
+    def loss(self, model: Model, idx: torch.Tensor, beta: float, gen: torch.Generator) -> torch.Tensor:
+        u, i = self.u[idx], self.i[idx]
+        neg = self.negatives(u, gen)
+        hu = model.vectors("user", u, beta, gen)
+        t = self.cfg.temperature
+        if self.slots <= neg.numel() + len(i):
+            # a catalogue smaller than the batch's item draws: every item's code once (one mixing mask per item
+            # and batch), the scores against all items as one matmul, then gathered; many times cheaper than a
+            # code per draw when negatives are many
+            table = model.vectors("item", torch.arange(self.slots), beta, gen)
+            every = hu @ table.T / t
+            sp, sn = every.gather(1, i[:, None])[:, 0], every.gather(1, neg)
+        else:
+            hp = model.vectors("item", i, beta, gen)
+            hn = model.vectors("item", neg, beta, gen)
+            sp = (hu * hp).sum(-1) / t
+            sn = torch.einsum("bd,bkd->bk", hu, hn) / t
+        if self.cfg.objective == "bpr":
+            return nn.functional.softplus(sn - sp[:, None]).mean()
+        # sampled softmax with the log-q correction (sampled logits minus the log-probability of drawing them)
+        logits = torch.cat([(sp - self.log_q[i - 1])[:, None], sn - self.log_q[neg - 1]], 1)
+        return nn.functional.cross_entropy(logits, torch.zeros(len(u), dtype=torch.long))
+
+    @torch.no_grad()
+    def evaluate(self, model: Model, k: int = 10) -> dict[str, float]:
+        """Valid HR@k and NDCG@k of full-catalogue lists (binary codes for the hash model)."""
+        from . import retrieval
+
+        t = self.task
+        model.eval()
+        if isinstance(model, HashModel):
+            _, idx = retrieval.retrieve_codes(model.packed_codes("user")[t.users], model.packed_codes("item")[1:],
+                                              model.d, k, t.excl_offsets, t.excl_items)
+        else:
+            _, idx = retrieval.retrieve_dense(model.user_emb.weight[t.users].numpy(),
+                                              model.item_emb.weight[1:].numpy(), k, t.excl_offsets, t.excl_items)
+        hr, nd = metrics.list_metrics(idx, t.target_offsets, t.targets, k)
+        return {f"valid_hr@{k}": float(hr.mean()), f"valid_ndcg@{k}": float(nd.mean())}
+
+
+def export_codes(model: HashModel, prep: Prepared, cfg: HashConfig) -> tuple[np.ndarray, np.ndarray, int, dict]:
+    """The packed codes a code book stores for a trained hash model: (user codes, item codes, d, info).
+
+    Objective 'bce': the model's codes as they are (info empty). List objectives: the learned d bits
+    followed by the popularity-prior bits of ``cfg.prior_weight`` (chosen on valid lists when None:
+    the weight of :data:`binllm.retrieval.PRIOR_WEIGHTS` with the best valid NDCG@10, ties broken by
+    popularity as the lists do); info records ``learned_bits``, ``prior_weight``, ``prior_bits`` and
+    the valid HR@10 / NDCG@10 of each weight tried."""
+    from . import retrieval
+
+    uc, ic, d = model.packed_codes("user"), model.packed_codes("item"), model.d
+    if not cfg.for_lists:
+        return uc, ic, d, {}
+    pop = retrieval.popularity(prep, ("train",))
+    order = retrieval.popularity_order(pop)
+    task = retrieval.ListTask.of(prep, ("train",), "valid")
+    weights = retrieval.PRIOR_WEIGHTS if cfg.prior_weight is None else (float(cfg.prior_weight),)
+    tried: dict[str, dict[str, float]] = {}
+    best: tuple[float, float] | None = None
+    for w in weights:
+        levels, bits = retrieval.prior_levels(pop, w)
+        u2, i2, d2 = retrieval.append_prior_bits(uc, ic, d, levels, bits)
+        _, idx = retrieval.retrieve_codes(u2[task.users], i2[1:], d2, 10, task.excl_offsets, task.excl_items,
+                                          tie_order=order)
+        hr, nd = metrics.list_metrics(idx, task.target_offsets, task.targets, 10)
+        tried[str(w)] = {"valid_hr@10": float(hr.mean()), "valid_ndcg@10": float(nd.mean()), "prior_bits": bits}
+        if best is None or nd.mean() > best[1]:
+            best = (w, float(nd.mean()))
+    assert best is not None  # weights is never empty
+    levels, bits = retrieval.prior_levels(pop, best[0])
+    u2, i2, d2 = retrieval.append_prior_bits(uc, ic, d, levels, bits)
+    return u2, i2, d2, {"learned_bits": d, "prior_weight": best[0], "prior_bits": bits, "prior_tried": tried}
+
+
 # ---------------------------------------------------------------- training
 
 
@@ -330,6 +523,8 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     epochs_run: int = 0
+    select: str = "valid_auc"  #: the history key that picked the best epoch
+    best_valid: float = -math.inf  #: its value at the best epoch
 
 
 class CheckpointExistsError(ValueError):
@@ -473,11 +668,13 @@ def _train(prep: Prepared, cfg: HashConfig, out_dir: str | os.PathLike | None, r
             opt.load_state_dict(c["optimizer"])
             gen.set_state(c["generator"])
             st = _LoopState(**c["state"])
+    select = SELECT_LISTS if cfg.for_lists else "valid_auc"  # the history key that picks the best epoch
     bar_on = progress and sys.stderr.isatty()
     if log is None:
         log = not bar_on
     regularise = cfg.model == "hash" and (cfg.balance_weight > 0 or cfg.decorr_weight > 0)
-    n = len(tr.u)
+    lists = _ListData(prep, cfg) if cfg.for_lists else None
+    n = len(tr.u) if lists is None else len(lists.u)
     done_this_call = 0
     bar = tqdm(total=cfg.max_epochs, initial=st.epoch, desc=f"train {cfg.model}", disable=not bar_on, leave=False)
     # the patience test sits at the top so that resuming a finished run trains no further epoch
@@ -491,7 +688,13 @@ def _train(prep: Prepared, cfg: HashConfig, out_dir: str | os.PathLike | None, r
         total = 0.0
         for b in range(0, n, cfg.batch_size):
             idx = perm[b:b + cfg.batch_size]
-            if regularise and isinstance(model, HashModel):  # regularise implies the hash model
+            if lists is not None:
+                loss = lists.loss(model, idx, beta, gen)
+                reg = None
+                if regularise and isinstance(model, HashModel):
+                    reg = (_regulariser(cfg, model.continuous("user", lists.u[idx]))
+                           + _regulariser(cfg, model.continuous("item", lists.i[idx])))
+            elif regularise and isinstance(model, HashModel):  # regularise implies the hash model
                 logits, cu, ci = model.pair(tr.u[idx], tr.i[idx], beta, gen)
                 loss = loss_fn(logits, tr.y[idx])
                 reg = _regulariser(cfg, cu) + _regulariser(cfg, ci)
@@ -511,14 +714,17 @@ def _train(prep: Prepared, cfg: HashConfig, out_dir: str | os.PathLike | None, r
         # plain Python numbers only: the checkpoint must load with weights_only=True
         rec: dict[str, float | int] = {"epoch": epoch, "beta": float(beta), "loss": float(total / n),
                                        "valid_auc": float(res["auc"]), "valid_uauc": float(res["uauc"])}
+        if lists is not None:
+            rec.update(lists.evaluate(model))
         if isinstance(model, HashModel):  # cfg.model == "hash"
             cs = code_stats(model.packed_codes("item")[1:], cfg.d)
             rec.update(item_bit_entropy=cs["bit_entropy"], item_distinct_codes=cs["distinct_codes"])
         rec["seconds"] = time.perf_counter() - t0
         st.seconds += rec["seconds"]
         st.history.append(rec)
-        if rec["valid_auc"] > st.best_auc:
-            st.best_auc, st.best_epoch, st.bad = rec["valid_auc"], epoch, 0
+        # st.best_auc holds the best value of the selection metric (its name predates the list objectives)
+        if rec[select] > st.best_auc:
+            st.best_auc, st.best_epoch, st.bad = rec[select], epoch, 0
             st.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         elif beta >= 1 or not cfg.stop_only_binary or cfg.model != "hash":
             st.bad += 1
@@ -531,17 +737,19 @@ def _train(prep: Prepared, cfg: HashConfig, out_dir: str | os.PathLike | None, r
         if on_epoch:
             on_epoch(rec)
         bar.update(1)
-        bar.set_postfix(beta=f"{beta:.2f}", loss=f"{rec['loss']:.4f}", auc=f"{res['auc']:.4f}")
+        bar.set_postfix(beta=f"{beta:.2f}", loss=f"{rec['loss']:.4f}", best=f"{st.best_auc:.4f}")
         if log:
             extra = (f" bit_entropy {rec['item_bit_entropy']:.3f} codes {rec['item_distinct_codes']}"
                      if "item_bit_entropy" in rec else "")
             print(f"train {cfg.model}: epoch {epoch + 1}/{cfg.max_epochs} beta {beta:.2f} loss {rec['loss']:.4f} "
-                  f"valid_auc {res['auc']:.4f} (best {st.best_auc:.4f} @ {st.best_epoch + 1}, "
+                  f"{select} {rec[select]:.4f} (best {st.best_auc:.4f} @ {st.best_epoch + 1}, "
                   f"{st.bad}/{cfg.patience} without gain){extra} {rec['seconds']:.2f}s", file=sys.stderr, flush=True)
     bar.close()
     if st.best_state is not None:
         model.load_state_dict(st.best_state)
-    return TrainResult(model, st.best_epoch, st.best_auc, st.history, st.seconds, st.epoch)
+    best_auc = st.history[st.best_epoch]["valid_auc"] if st.best_epoch >= 0 else st.best_auc
+    return TrainResult(model, st.best_epoch, float(best_auc), st.history, st.seconds, st.epoch, select,
+                       float(st.best_auc))
 
 
 def _epoch_of(path: Path) -> str:

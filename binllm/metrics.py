@@ -413,3 +413,71 @@ def diff_table(diffs: dict[str, dict], digits: int = 3) -> str:
             cells += [c, "—" if _isnan(share) else f"{share:.3f}"]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {d.get('n_rows', '—')} | {d.get('n_users_uauc', '—')} |")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- recommendation lists
+
+def list_metrics(items: Any, targets_off: Any, targets: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-user HR@k and NDCG@k (float64 (q,) each) of ranked item lists.
+
+    Args:
+        items: int (q, >= k) ranked item ids, best first (< 0: an empty place).
+        targets_off, targets: CSR of each user's relevant item ids (offsets (q + 1,); every user
+            has at least one).
+        k: list length scored (>= 1).
+    HR@k is 1 when a relevant item is among the first k; NDCG@k = DCG@k / the ideal DCG of
+    min(#relevant, k) hits at the top (binary gains, log2 discounts).
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be an integer >= 1; got {k!r}")
+    it = np.asarray(items)
+    if it.ndim != 2 or it.shape[1] < k:
+        raise ValueError(f"items must be a 2-D array with at least k={k} columns; got shape {it.shape}")
+    q = len(it)
+    off, tg = np.asarray(targets_off, np.int64), np.asarray(targets, np.int64)
+    cnt = np.diff(off)
+    if off.shape != (q + 1,) or off[0] != 0 or (cnt < 1).any() or off[-1] != len(tg):
+        raise ValueError(f"targets_off must be CSR offsets ({q + 1},) from 0 with >= 1 target per user and "
+                         f"targets_off[-1] == len(targets); got shape {off.shape}")
+    top = it[:, :k].astype(np.int64)
+    big = int(max(top.max(initial=0), tg.max(initial=0))) + 1
+    tk = np.sort(np.repeat(np.arange(q, dtype=np.int64), cnt) * big + tg)
+    ck = np.arange(q, dtype=np.int64)[:, None] * big + top
+    pos = np.minimum(np.searchsorted(tk, ck), max(len(tk) - 1, 0))
+    hit = (tk[pos] == ck) & (top >= 0) if len(tk) else np.zeros_like(top, bool)
+    disc = 1.0 / np.log2(np.arange(2, k + 2))
+    idcg = np.cumsum(disc)[np.minimum(cnt, k) - 1]
+    return np.asarray(hit.any(axis=1), np.float64), np.asarray((hit * disc).sum(axis=1) / idcg, np.float64)
+
+
+def bootstrap_mean(values: Any, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, lo, hi) of per-user values (e.g. HR@k), a percentile interval over users drawn with
+    replacement (the resampling of UAUC intervals). NaN for no users."""
+    v = _check_scores("values", values, len(_as1d("values", values)))
+    _check_boot(n_boot, seed, level)
+    if len(v) == 0:
+        return float("nan"), float("nan"), float("nan")
+    lo, hi = _interval(_user_boot(v, n_boot, seed), level)
+    return float(v.mean()), lo, hi
+
+
+def paired_bootstrap_mean(values_a: Any, values_b: Any, n_boot: int = 1000, seed: int = 0,
+                          level: float = 0.95) -> dict[str, float | int]:
+    """Difference A - B of the means of per-user values of two methods on the SAME users, with a
+    paired percentile interval (users drawn with replacement, each draw used for both).
+
+    Returns ``a``, ``b``, ``diff``, ``diff_lo``, ``diff_hi``, ``share_le0`` (share of resampled
+    differences <= 0), ``users``, ``n_boot``, ``level``."""
+    a = _check_scores("values_a", values_a, len(_as1d("values_a", values_a)))
+    b = _check_scores("values_b", values_b, len(a))
+    _check_boot(n_boot, seed, level)
+    out: dict[str, float | int] = {"users": len(a), "n_boot": int(n_boot), "level": float(level)}
+    if len(a) == 0:
+        out.update(a=float("nan"), b=float("nan"), diff=float("nan"), diff_lo=float("nan"),
+                   diff_hi=float("nan"), share_le0=float("nan"))
+        return out
+    d = _user_boot(a - b, n_boot, seed)
+    lo, hi = _interval(d, level)
+    out.update(a=float(a.mean()), b=float(b.mean()), diff=float(a.mean() - b.mean()), diff_lo=lo, diff_hi=hi,
+               share_le0=float((d <= 0).mean()))
+    return out

@@ -29,10 +29,13 @@ from ._io import atomic_write_json, atomic_write_text
 from .progress import log
 
 if TYPE_CHECKING:  # torch-free import of the package: tuning loads lazily
+    from .hashing import HashConfig
     from .tuning import TuneConfig
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 CODE_STYLES = ("dotted", "bits")
+RETRIEVAL_OBJECTIVES = ("bpr", "softmax", "none")
+
 
 
 @dataclass
@@ -57,8 +60,12 @@ class RunConfig:
         code_style: 'dotted' or 'bits' for BinLLM.
         ablations: also codes-only, intuitive (one-step) tuning and the other code style.
         hash_epochs: epoch cap of the hash model and MF.
+        retrieval_objective: objective of the retrieval codes, a second hash model trained for top-N
+            lists ('bpr' or 'softmax'; 'none': lists use the prompt code book); see HashConfig.objective.
+        retrieval_bits: code width of the retrieval codes (a multiple of 8, at most 256).
         n_boot: bootstrap resamples of the intervals.
-        rerank_users: users whose 50 retrieved candidates each LLM re-ranks in the list evaluation (0: none).
+        rerank_users: users whose retrieved candidates each LLM re-ranks in the list evaluation (0: none).
+        list_candidates: candidates retrieved per user for re-ranking.
         max_length: prompt tokens at most (longer prompts lose their oldest history titles).
         seed: samples, models and data order.
     """
@@ -92,8 +99,11 @@ class RunConfig:
     code_style: str = "dotted"
     ablations: bool = False
     hash_epochs: int = 400
+    retrieval_objective: str = "softmax"
+    retrieval_bits: int = 64
     n_boot: int = 1000
-    rerank_users: int = 12
+    rerank_users: int = 300
+    list_candidates: int = 20
     max_length: int = 1024
     seed: int = 0
 
@@ -104,8 +114,13 @@ class RunConfig:
             raise ValueError(f"code_style must be one of {CODE_STYLES}; got {self.code_style!r}")
         if self.domain is not None and self.domain not in ("movie", "book"):
             raise ValueError(f"domain must be 'movie' or 'book'; got {self.domain!r}")
-        if not (isinstance(self.bits, int) and 8 <= self.bits <= 256 and self.bits % 8 == 0):
-            raise ValueError(f"bits must be a multiple of 8 between 8 and 256; got {self.bits}")
+        for name in ("bits", "retrieval_bits"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and not isinstance(v, bool) and 8 <= v <= 256 and v % 8 == 0):
+                raise ValueError(f"{name} must be a multiple of 8 between 8 and 256; got {v}")
+        if self.retrieval_objective not in RETRIEVAL_OBJECTIVES:
+            raise ValueError(f"retrieval_objective must be one of {RETRIEVAL_OBJECTIVES}; got "
+                             f"{self.retrieval_objective!r}")
         for name in ("train_rows", "valid_rows", "test_rows"):
             v = getattr(self, name)
             if v is not None and v < 2:
@@ -113,7 +128,7 @@ class RunConfig:
         if self.rerank_users < 0:
             raise ValueError(f"rerank_users must be >= 0; got {self.rerank_users}")
         for name in ("step1_steps", "step2_steps", "batch_size", "eval_steps", "patience", "lora_r", "hash_epochs",
-                     "n_boot", "max_length"):
+                     "n_boot", "max_length", "list_candidates"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
         for name in ("step1_lr", "step2_lr"):
@@ -174,6 +189,17 @@ def llm_stages(cfg: RunConfig) -> list[Stage]:
     return out
 
 
+def retrieval_config(cfg: RunConfig) -> HashConfig | None:
+    """The retrieval codes' hash model of a run (None with retrieval_objective 'none'):
+    :meth:`binllm.hashing.HashConfig.retrieval_codes` with the run's objective, bits, epochs and seed."""
+    from .hashing import HashConfig
+
+    if cfg.retrieval_objective == "none":
+        return None
+    return HashConfig.retrieval_codes(objective=cfg.retrieval_objective, d=cfg.retrieval_bits,
+                                      max_epochs=cfg.hash_epochs, seed=cfg.seed)
+
+
 def tune_config(cfg: RunConfig, st: Stage) -> TuneConfig:
     """The LoRA settings of one tuning stage of a run (tools/recipe_search.py starts from them too)."""
     from .tuning import TuneConfig
@@ -196,8 +222,10 @@ def run(cfg: RunConfig, progress: bool = True) -> dict:
     if cfg_file.is_file():
         old = json.loads(cfg_file.read_text())
         # these may change between calls without touching finished stages
-        keep = ("out", "ablations", "device", "rerank_users", "n_boot")
+        keep = ("out", "ablations", "device", "rerank_users", "n_boot", "list_candidates")
         now = dataclasses.asdict(cfg)
+        # a field the folder's binllm did not have yet counts as its default (retrieval codes are added then)
+        old = {**dataclasses.asdict(RunConfig()), **old}
         if {k: v for k, v in old.items() if k not in keep} != {k: v for k, v in now.items() if k not in keep}:
             changed = sorted(k for k in old if k not in keep and old.get(k) != getattr(cfg, k, None))
             raise stages.StageError(f"{out} holds a run with other settings ({', '.join(changed)}); "
@@ -216,7 +244,8 @@ def run(cfg: RunConfig, progress: bool = True) -> dict:
     # 2. hash model and MF
     hc = hashing.HashConfig(d=cfg.bits, max_epochs=cfg.hash_epochs, seed=cfg.seed)
     mc = hashing.HashConfig.mf_baseline(max_epochs=cfg.hash_epochs, seed=cfg.seed)
-    stages.pretrain(data_dir, out / "hash", hc, mc, resume=True, progress=progress)
+    rc = retrieval_config(cfg)
+    stages.pretrain(data_dir, out / "hash", hc, mc, resume=True, progress=progress, retrieval_cfg=rc)
     codebook = out / "hash" / "codebook.safetensors"
 
     # 3. every method scored on the same test rows
@@ -253,15 +282,19 @@ def run(cfg: RunConfig, progress: bool = True) -> dict:
                               title=f"binllm run: {prep.meta.get('source', '?')} / "
                                     f"{prep.meta.get('protocol', {}).get('name', '?')}, {cfg.model}", notes=notes)
     # 6. recommendation lists: retrieval by the packed codes, LLM re-ranking of a user sample
-    if not (out / "lists.json").is_file():
+    lists_file = out / "lists.json"
+    want_lists = {"rerank_users": cfg.rerank_users, "n": cfg.list_candidates, "n_boot": cfg.n_boot}
+    old_lists = json.loads(lists_file.read_text()).get("settings", {}) if lists_file.is_file() else None
+    if old_lists is None or any(old_lists.get(k) != v for k, v in want_lists.items()):
         from .recommend import evaluate_lists, lists_markdown
 
         if progress:
-            log(f"recommendation lists: retrieval for every user, re-ranking for {cfg.rerank_users}")
-        lists = evaluate_lists(out, rerank_users=cfg.rerank_users, seed=cfg.seed, n_boot=cfg.n_boot,
-                               progress=progress, device=device, dtype=cfg.dtype)
+            log(f"recommendation lists: retrieval for every user, re-ranking {cfg.list_candidates} candidates "
+                f"for {cfg.rerank_users} users")
+        lists = evaluate_lists(out, n=cfg.list_candidates, rerank_users=cfg.rerank_users, seed=cfg.seed,
+                               n_boot=cfg.n_boot, progress=progress, device=device, dtype=cfg.dtype)
         atomic_write_text(out / "lists.md", lists_markdown(lists))
-        atomic_write_json(out / "lists.json", lists)
+        atomic_write_json(lists_file, lists)
     if progress:
         log("results:\n" + (out / "results.md").read_text() + "\n" + (out / "lists.md").read_text())
     return summary

@@ -1,28 +1,35 @@
 """Recommendation lists from a finished ``binllm run`` folder: candidate
 retrieval by packed codes, then optional LLM re-ranking, and their evaluation.
 
-* Stage 1 (retrieval): the top-N items of each user by the +-1 inner product
-  of the packed code book (:func:`binllm.topk`), without the items the user
-  rated in train (and, optionally, valid). The kernel is asked for
-  N + (most exclusions of any user in the chunk) items and the excluded ones
-  are filtered out with sorted-key look-ups, all vectorised; ties stay in the
-  kernel's order (lower item slot first). Users run in chunks so the
-  temporary over-fetched lists stay small next to the output.
+* Stage 1 (retrieval, :mod:`binllm.retrieval`): the top-N items of each user
+  by the +-1 inner product of packed codes (:func:`binllm.topk`), without the
+  items the user rated in train (and, optionally, valid). The codes are the
+  run's **retrieval code book** (``hash/retrieval_codebook.safetensors``: codes
+  trained for top-N lists, see :class:`binllm.hashing.HashConfig`'s
+  ``objective``) when it has one, else its prompt code book
+  (``hash/codebook.safetensors``, the BinMF codes the prompts carry). Equal
+  scores are ordered by item popularity (train positives, most popular first),
+  then the lower item slot; a user without a known interaction (whose code was
+  never trained) gets the popularity list instead.
 * Stage 2 (re-ranking, optional): the N candidates of each user are scored by
   a tuned LoRA adapter of the run (text-only or BinLLM) with the Yes-logit,
   through :class:`binllm.prefix_scoring.PrefixScorer` (the prompt up to the
-  target item runs once per user). The final top-k is ordered by LLM score,
-  then retrieval score, then retrieval rank.
+  target item runs once per user), prompts fitted to the adapter's recorded
+  max length. The final top-k is ordered by LLM score, then retrieval score,
+  then retrieval rank.
 * Output: JSON lines or TSV with raw user and item ids, rank, title, retrieval
   and LLM score, written atomically.
 * :func:`evaluate_lists`: HR@k and NDCG@k on each user's test positives, with
-  percentile-bootstrap intervals over users, for item popularity, BinMF and MF
-  retrieval, and BinMF + re-ranking (on a small user sample: re-ranking on a
-  CPU scores a few prompts a second).
+  bootstrap intervals over users, for item popularity, the float anchors (MF;
+  `implicit` ALS and BPR when installed, :mod:`binllm.anchors`), both code
+  books, and re-ranking of the retrieval candidates on a user sample; paired
+  bootstrap intervals of the differences that matter (codes - popularity,
+  codes - the best float model, re-rank - its candidates).
 
 Run folder layout (see :mod:`binllm.pipeline`): ``data/`` (prepared dataset),
-``hash/codebook.safetensors``, ``hash/mf/checkpoint.pt``,
-``llm/text/adapter`` and ``llm/binllm_<style>/adapter`` (with ``binllm.json``).
+``hash/codebook.safetensors``, ``hash/retrieval_codebook.safetensors``,
+``hash/mf/checkpoint.pt``, ``llm/text/adapter`` and
+``llm/binllm_<style>/adapter`` (with ``binllm.json``).
 """
 from __future__ import annotations
 
@@ -35,130 +42,22 @@ from typing import Any
 
 import numpy as np
 
-from . import _io
-from . import codes as _codes
+from . import _io, metrics, retrieval
+from .progress import log
+from .retrieval import NONE_ITEM, filter_excluded, retrieve_codes  # noqa: F401  (the names' old home)
 
 RERANK_METHODS = ("text", "binllm")
 FORMATS = ("jsonl", "tsv")
-NONE_ITEM = -1  # fills list places when fewer items than asked remain after exclusion
-
-
-# ====================================================================== stage 1: retrieval
-
-
-def _csr_check(name_off: str, off: np.ndarray, name_items: str, items: np.ndarray, q: int, m: int) -> None:
-    if off.shape != (q + 1,) or (len(off) and (off[0] != 0 or (np.diff(off) < 0).any())):
-        raise ValueError(f"{name_off} must be non-decreasing int offsets (queries + 1 = {q + 1},) from 0; "
-                         f"got shape {off.shape}")
-    if off[-1] != len(items):
-        raise ValueError(f"{name_items} must have {name_off}[-1] = {off[-1]} entries; got {len(items)}")
-    if len(items) and (items.min() < 0 or items.max() >= m):
-        raise ValueError(f"{name_items} must lie in 0..{m - 1}; found {items.min()}..{items.max()}")
-
-
-def filter_excluded(scores: np.ndarray, idx: np.ndarray, excl_offsets: np.ndarray, excl_items: np.ndarray,
-                    n: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
-    """Drops excluded items from ranked lists and keeps the first `n` of each row.
-
-    Args:
-        scores: (q, k') scores, best first; idx: int64 (q, k') item indices (-1 = none).
-        excl_offsets: int (q + 1,) CSR offsets; excl_items: the excluded item indices of row r
-            are ``excl_items[excl_offsets[r]:excl_offsets[r + 1]]`` (any order, duplicates allowed).
-        n: list length kept; n_items: catalogue size (for the keys).
-    Returns:
-        (scores (q, n), idx int64 (q, n)); places past the remaining items hold idx -1 and the
-        lowest score of the dtype.
-    """
-    q = len(idx)
-    counts = np.diff(excl_offsets)
-    ek = np.sort(np.repeat(np.arange(q, dtype=np.int64), counts) * n_items + excl_items.astype(np.int64))
-    ck = np.arange(q, dtype=np.int64)[:, None] * n_items + idx
-    keep = idx >= 0
-    if len(ek):
-        pos = np.minimum(np.searchsorted(ek, ck), len(ek) - 1)
-        keep &= ek[pos] != ck
-    rank = np.cumsum(keep, axis=1) - 1
-    take = keep & (rank < n)
-    low = np.iinfo(scores.dtype).min if np.issubdtype(scores.dtype, np.integer) else -np.inf
-    out_s = np.full((q, n), low, scores.dtype)
-    out_i = np.full((q, n), NONE_ITEM, np.int64)
-    r, c = np.nonzero(take)
-    out_s[r, rank[r, c]] = scores[r, c]
-    out_i[r, rank[r, c]] = idx[r, c]
-    return out_s, out_i
-
-
-def retrieve_codes(user_codes: np.ndarray, item_codes: np.ndarray, d: int, n: int,
-                   excl_offsets: np.ndarray | None = None, excl_items: np.ndarray | None = None,
-                   chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
-    """Top-n items per query code by +-1 inner product, without each query's excluded items.
-
-    Args:
-        user_codes: uint8 (q, ceil(d/8)) query codes; item_codes: uint8 (m, ceil(d/8)).
-        d: code bits; n: list length (>= 1).
-        excl_offsets, excl_items: CSR of excluded item indices per query (see :func:`filter_excluded`).
-        chunk: queries per kernel call (bounds the over-fetched temporaries).
-    Returns:
-        (scores int32 (q, n), item indices int64 (q, n)), best first, ties in the kernel's
-        order (lower index first); idx -1 where fewer than n items remain.
-    """
-    if n < 1:
-        raise ValueError(f"n must be >= 1; got {n}")
-    if chunk < 1:
-        raise ValueError(f"chunk must be >= 1; got {chunk}")
-    q, m = len(user_codes), len(item_codes)
-    if excl_offsets is None:
-        excl_offsets, excl_items = np.zeros(q + 1, np.int64), np.zeros(0, np.int64)
-    excl_offsets = np.asarray(excl_offsets, np.int64)
-    excl_items = np.asarray(excl_items)
-    _csr_check("excl_offsets", excl_offsets, "excl_items", excl_items, q, max(m, 1))
-    scores = np.empty((q, n), np.int32)
-    idx = np.empty((q, n), np.int64)
-    counts = np.diff(excl_offsets)
-    for a in range(0, q, chunk):
-        b = min(q, a + chunk)
-        kk = min(m, n + (int(counts[a:b].max()) if b > a else 0))
-        if kk == 0:
-            scores[a:b], idx[a:b] = np.iinfo(np.int32).min, NONE_ITEM
-            continue
-        s, i = _codes.topk(user_codes[a:b], item_codes, d, kk)
-        off = excl_offsets[a:b + 1] - excl_offsets[a]
-        if off[-1] == 0 and kk >= n:  # nothing to exclude in this chunk
-            scores[a:b], idx[a:b] = s[:, :n], i[:, :n]
-        else:
-            scores[a:b], idx[a:b] = filter_excluded(s, i, off, excl_items[excl_offsets[a]:excl_offsets[b]], n, m)
-    return scores, idx
-
-
-def _retrieve_dense(user_vecs: np.ndarray, item_vecs: np.ndarray, n: int, excl_offsets: np.ndarray,
-                    excl_items: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """As :func:`retrieve_codes` for float embeddings (float32 dot products, torch matmul + topk)."""
-    import torch
-
-    q, m = len(user_vecs), len(item_vecs)
-    it = torch.from_numpy(np.ascontiguousarray(item_vecs, np.float32))
-    scores = np.empty((q, n), np.float32)
-    idx = np.empty((q, n), np.int64)
-    counts = np.diff(excl_offsets)
-    for a in range(0, q, chunk):
-        b = min(q, a + chunk)
-        kk = min(m, n + int(counts[a:b].max()))
-        s = torch.from_numpy(np.ascontiguousarray(user_vecs[a:b], np.float32)) @ it.T
-        top = torch.topk(s, kk, dim=1, sorted=True)
-        off = excl_offsets[a:b + 1] - excl_offsets[a]
-        scores[a:b], idx[a:b] = filter_excluded(top.values.numpy(), top.indices.numpy().astype(np.int64), off,
-                                                excl_items[excl_offsets[a]:excl_offsets[b]], n, m)
-    return scores, idx
-
-
-def _retrieve_ranked(order: np.ndarray, item_scores: np.ndarray, q: int, n: int, excl_offsets: np.ndarray,
-                     excl_items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One global item ranking (popularity) filtered per user."""
-    counts = np.diff(excl_offsets)
-    kk = min(len(order), n + (int(counts.max()) if q else 0))
-    idx = np.broadcast_to(order[:kk].astype(np.int64), (q, kk))
-    return filter_excluded(np.broadcast_to(item_scores[order[:kk]], (q, kk)), idx, excl_offsets, excl_items, n,
-                           len(order))
+#: Retrieval methods of :meth:`Recommender.retrieve`: 'codes' (the retrieval code book, or the prompt
+#: code book when the run has none), 'codes_no_prior' (its learned bits alone, without the popularity-prior
+#: bits), 'binmf' (the prompt code book), 'mf' (float MF), 'popularity', and the `implicit` anchors 'als'
+#: and 'bpr'.
+RETRIEVAL_METHODS = ("codes", "codes_no_prior", "binmf", "mf", "popularity", "als", "bpr")
+#: Which code book 'codes' retrieval uses: 'auto' (the retrieval code book when the run has one, else the
+#: prompt code book), 'retrieval' (required) or 'prompt'.
+CODEBOOK_CHOICES = ("auto", "retrieval", "prompt")
+PROMPT_CODEBOOK = Path("hash") / "codebook.safetensors"
+RETRIEVAL_CODEBOOK = Path("hash") / "retrieval_codebook.safetensors"
 
 
 # ====================================================================== the run folder
@@ -177,6 +76,29 @@ def _load_mf(run_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     model = hashing.load_best(mf_dir)
     return (model.user_emb.weight.detach().float().numpy().copy(),
             model.item_emb.weight.detach().float().numpy().copy())
+
+
+def _load_checked(path: Path, prep: Any, run_dir: str | os.PathLike) -> Any:
+    """A code book of the run, checked against its dataset (errors name the run folder)."""
+    from .codebook import CodeBook
+
+    cb = CodeBook.load(path)
+    try:
+        cb.check_dataset(prep)
+    except ValueError as e:
+        raise ValueError(f"run_dir {run_dir}: {e}") from None
+    return cb
+
+
+def _learned_bits(cb: Any) -> tuple[np.ndarray, np.ndarray, int]:
+    """The learned bits of a retrieval code book (its first ``learned_bits``, before the prior bits)."""
+    from . import codes as _codes
+
+    d = int(cb.config.get("learned_bits", cb.d))
+    if d == cb.d:
+        return cb.user_codes, cb.item_codes, d
+    cut = lambda c: np.packbits(_codes.unpack_bits(c, cb.d)[:, :d], axis=1)  # noqa: E731
+    return cut(cb.user_codes), cut(cb.item_codes), d
 
 
 def run_data_dir(run_dir: Path) -> Path:
@@ -213,19 +135,23 @@ class RecLists:
         items: int64 (q, k) item slots, best first; -1 where the list ran out of items.
         retrieval: (q, k) retrieval scores (int32 for codes, float32 for MF / popularity).
         llm: float32 (q, k) LLM scores, or None without re-ranking.
+        backfilled: bool (q,): users given the popularity list because they have no known
+            interaction (code retrieval only; None for the other methods).
     """
 
     users: np.ndarray
     items: np.ndarray
     retrieval: np.ndarray
     llm: np.ndarray | None = None
+    backfilled: np.ndarray | None = None
 
 
 class _Reranker:
-    """A tuned adapter with its prompt builder and prefix-cached scorer."""
+    """A tuned adapter with its prompt builder, prefix-cached scorer and the prompt length it was tuned at."""
 
-    def __init__(self, scorer: Any, builder: Any, prompt: Any, tokenizer: Any):
+    def __init__(self, scorer: Any, builder: Any, prompt: Any, tokenizer: Any, max_length: int):
         self.scorer, self.builder, self.prompt, self.tokenizer = scorer, builder, prompt, tokenizer
+        self.max_length = max_length
 
 
 class Recommender:
@@ -238,12 +164,12 @@ class Recommender:
         device, dtype: for the LLM ('auto': CUDA + bf16 when there is a GPU, else CPU + float32).
         batch_size: suffixes per forward pass when re-ranking.
         progress: progress bars.
+        codes: the code book of 'codes' retrieval, one of :data:`CODEBOOK_CHOICES`.
     """
 
     def __init__(self, run_dir: str | os.PathLike, include_valid: bool = False, device: str = "auto",
-                 dtype: str = "auto", batch_size: int = 32, progress: bool = True):
+                 dtype: str = "auto", batch_size: int = 32, progress: bool = True, codes: str = "auto"):
         from . import data
-        from .codebook import CodeBook
 
         run = Path(run_dir)
         if not run.is_dir():
@@ -252,17 +178,30 @@ class Recommender:
         if not (data_dir / "meta.json").is_file():
             raise ValueError(f"run_dir {run_dir} has no prepared dataset ({data_dir}/meta.json); is it a `binllm run` "
                              "folder?")
-        cb_path = run / "hash" / "codebook.safetensors"
+        cb_path = run / PROMPT_CODEBOOK
         if not cb_path.is_file():
             raise ValueError(f"run_dir {run_dir} has no code book ({cb_path}); run `binllm run` or `binllm pretrain`")
         self.run_dir, self.include_valid = run, include_valid
         self.device, self.dtype, self.batch_size, self.progress = device, dtype, batch_size, progress
         self.prep = data.load_prepared(data_dir)
-        self.codebook = CodeBook.load(cb_path)
-        try:
-            self.codebook.check_dataset(self.prep)
-        except ValueError as e:
-            raise ValueError(f"run_dir {run_dir}: {e}") from None
+        if codes not in CODEBOOK_CHOICES:
+            raise ValueError(f"codes must be one of {CODEBOOK_CHOICES}; got {codes!r}")
+        #: the prompt code book (BinMF codes; the BinLLM adapter's prompts carry them)
+        self.codebook = _load_checked(cb_path, self.prep, run_dir)
+        r_path = run / RETRIEVAL_CODEBOOK
+        if codes == "retrieval" and not r_path.is_file():
+            raise ValueError(f"codes='retrieval': run_dir {run_dir} has no retrieval code book ({r_path}); train it "
+                             "with `binllm run` (or `binllm pretrain --retrieval-objective softmax`)")
+        use_retrieval = codes != "prompt" and r_path.is_file()
+        #: the code book of 'codes' retrieval, and which one it is ('retrieval' or 'prompt')
+        self.retrieval_codebook = _load_checked(r_path, self.prep, run_dir) if use_retrieval else self.codebook
+        self.codes_source = "retrieval" if use_retrieval else "prompt"
+        if codes == "auto" and not use_retrieval and progress:
+            log(f"recommend: {run_dir} has no retrieval code book ({RETRIEVAL_CODEBOOK}); retrieving with the prompt "
+                "code book. `binllm run` on the folder trains the retrieval codes and keeps everything else.")
+        #: train positives of each catalogue item: the popularity list and the tie order of code scores
+        self.popularity = retrieval.popularity(self.prep, ("train",))
+        self._tie = retrieval.popularity_order(self.popularity)
         self._slot = {str(u): s for s, u in enumerate(self.prep.user_ids) if s > 0}
         self.n_items = self.prep.n_item_slots - 1  # catalogue = item slots 1.. (0 is padding)
         rows = self.prep.rows
@@ -279,7 +218,7 @@ class Recommender:
         lu = rows["uid"].to_numpy()[liked].astype(np.int64)
         self._hist_items = rows["iid"].to_numpy()[liked].astype(np.int64)
         self._hist_off = np.r_[0, np.cumsum(np.bincount(lu, minlength=self.prep.n_user_slots))].astype(np.int64)
-        self._mf: tuple[np.ndarray, np.ndarray] | None = None
+        self._dense: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._rerankers: dict[str, _Reranker] = {}
 
     # ---------------------------------------------------------------- ids
@@ -312,29 +251,48 @@ class Recommender:
 
     # ---------------------------------------------------------------- stage 1
 
-    def retrieve(self, slots: np.ndarray, n: int, method: str = "binmf") -> RecLists:
-        """Top-n items per user slot by 'binmf' (packed codes), 'mf' (float MF) or 'popularity'."""
-        if n < 1:
-            raise ValueError(f"n must be >= 1; got {n}")
+    def retrieve(self, slots: np.ndarray, n: int, method: str = "codes") -> RecLists:
+        """Top-n items per user slot by one of :data:`RETRIEVAL_METHODS`.
+
+        Code scores tie often (a d-bit +-1 product takes d + 1 values): equal scores are ordered by
+        popularity, then the lower item slot. Users without a known interaction get the popularity
+        list (their code was never trained); `RecLists.backfilled` marks them."""
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"n must be an integer >= 1; got {n!r}")
+        if method not in RETRIEVAL_METHODS:
+            raise ValueError(f"method must be one of {RETRIEVAL_METHODS}; got {method!r}")
         off, ex = self.exclusions(slots)
-        if method == "binmf":
-            cb = self.codebook
-            s, i = retrieve_codes(cb.user_codes[slots], cb.item_codes[1:], cb.d, n, off, ex)
-        elif method == "mf":
-            if self._mf is None:
-                self._mf = _load_mf(self.run_dir)
-            u, it = self._mf
-            s, i = _retrieve_dense(u[slots], it[1:], n, off, ex)
+        backfill = None
+        if method in ("codes", "codes_no_prior", "binmf"):
+            cb = self.codebook if method == "binmf" else self.retrieval_codebook
+            uc, ic, d = cb.user_codes, cb.item_codes, cb.d
+            if method == "codes_no_prior":
+                uc, ic, d = _learned_bits(cb)
+            s, i = retrieval.retrieve_codes(uc[slots], ic[1:], d, n, off, ex, tie_order=self._tie)
+            backfill = np.diff(off) == 0
+            if backfill.any():
+                pb = np.flatnonzero(backfill)
+                ps, pi = retrieval.retrieve_ranked(self.popularity, len(pb), n)
+                s[pb], i[pb] = ps.astype(s.dtype), pi
         elif method == "popularity":
-            tr = self.prep.split("train")
-            pop = np.bincount(tr["iid"].to_numpy()[tr["label"].to_numpy() == 1],
-                              minlength=self.prep.n_item_slots)[1:].astype(np.float32)
-            order = np.argsort(-pop, kind="stable")  # ties: lower slot first
-            s, i = _retrieve_ranked(order, pop, len(slots), n, off, ex)
+            s, i = retrieval.retrieve_ranked(self.popularity, len(slots), n, off, ex)
         else:
-            raise ValueError(f"method must be 'binmf', 'mf' or 'popularity'; got {method!r}")
+            u, it = self._dense_factors(method)
+            s, i = retrieval.retrieve_dense(u[slots], it, n, off, ex)
         items = np.where(i >= 0, i + 1, NONE_ITEM)
-        return RecLists(slots, items, s)
+        return RecLists(slots, items, s, None, backfill)
+
+    def _dense_factors(self, method: str) -> tuple[np.ndarray, np.ndarray]:
+        """User (slots, f) and catalogue item (slots - 1, f) float vectors of 'mf', 'als' or 'bpr', made once."""
+        if method not in self._dense:
+            if method == "mf":
+                u, it = _load_mf(self.run_dir)
+                self._dense[method] = (u, it[1:])
+            else:
+                from . import anchors
+
+                self._dense[method] = anchors.implicit_factors(self.prep, method)
+        return self._dense[method]
 
     # ---------------------------------------------------------------- stage 2
 
@@ -344,8 +302,6 @@ class Recommender:
             raise ValueError(f"rerank must be None or one of {RERANK_METHODS}; got {method!r}")
         if method in self._rerankers:
             return self._rerankers[method]
-        from peft import PeftModel
-
         from . import scoring
         from .prefix_scoring import PrefixScorer
         from .prompts import PromptBuilder, PromptConfig
@@ -364,15 +320,16 @@ class Recommender:
             raise ValueError(f"rerank={method!r}: the adapter at {adir} was tuned with another code book "
                              "(codebook_fingerprint differs from the run's hash/codebook.safetensors)")
         base, tok = scoring.load_llm(meta["model"], dtype=self.dtype, device=self.device, progress=self.progress)
-        model = PeftModel.from_pretrained(base, str(adir))
-        model.eval()
+        model = scoring.with_adapter(base, adir)
         builder = PromptBuilder(pc, self.prep.titles, self.codebook if pc.uses_codes else None)
-        rr = _Reranker(PrefixScorer(model, tok, batch_size=self.batch_size), builder, pc, tok)
+        # the length prompts were fitted to when the adapter was tuned and scored (stages.tune records it)
+        max_length = int(meta.get("max_length", 1024))
+        rr = _Reranker(PrefixScorer(model, tok, batch_size=self.batch_size), builder, pc, tok, max_length)
         self._rerankers[method] = rr
         return rr
 
     def candidate_ids(self, rr: _Reranker, slot: int, items: np.ndarray) -> list[list[int]]:
-        """Token ids of the prompts of one user's candidates (history capped to fit 1024 tokens)."""
+        """Token ids of the prompts of one user's candidates (history capped to fit the adapter's max length)."""
         from . import scoring
 
         hist = self.history(slot, rr.prompt.max_titles)
@@ -381,7 +338,7 @@ class Recommender:
         def build(pos: np.ndarray, caps: np.ndarray) -> list[str]:
             return rr.builder.build(u[pos], items[pos], [hist] * len(pos), caps)
 
-        ids, _ = scoring.fit_prompts(rr.tokenizer, build, len(items), rr.prompt.max_titles, 1024)
+        ids, _ = scoring.fit_prompts(rr.tokenizer, build, len(items), rr.prompt.max_titles, rr.max_length)
         return ids
 
     def rerank(self, lists: RecLists, method: str, k: int, users_per_pass: int = 64) -> RecLists:
@@ -406,7 +363,7 @@ class Recommender:
         take = lambda a: np.take_along_axis(a, order, 1)  # noqa: E731
         items, llm_k = take(lists.items), take(llm)
         llm_k[items <= 0] = np.nan
-        return RecLists(lists.users, items, take(lists.retrieval), llm_k)
+        return RecLists(lists.users, items, take(lists.retrieval), llm_k, lists.backfilled)
 
     def recommend(self, users: Iterable[Any] | None = None, n: int = 50, k: int = 10,
                   rerank: str | None = None) -> RecLists:
@@ -419,7 +376,7 @@ class Recommender:
             self.reranker(rerank)  # a missing adapter fails before retrieval work
         lists = self.retrieve(slots, n)
         if rerank is None:
-            return RecLists(slots, lists.items[:, :k], lists.retrieval[:, :k], None)
+            return RecLists(slots, lists.items[:, :k], lists.retrieval[:, :k], None, lists.backfilled)
         return self.rerank(lists, rerank, k)
 
     # ---------------------------------------------------------------- output
@@ -464,7 +421,7 @@ def _check_nk(n: int, k: int) -> None:
 
 def recommend(run_dir: str | os.PathLike, out: str | os.PathLike, users: Sequence[Any] | None = None, n: int = 50,
               k: int = 10, rerank: str | None = None, fmt: str = "jsonl", include_valid: bool = False,
-              progress: bool = True, device: str = "auto", dtype: str = "auto") -> Path:
+              progress: bool = True, device: str = "auto", dtype: str = "auto", codes: str = "auto") -> Path:
     """Writes top-k recommendation lists of a run folder to `out`; returns its path.
 
     Args:
@@ -477,148 +434,172 @@ def recommend(run_dir: str | os.PathLike, out: str | os.PathLike, users: Sequenc
         fmt: 'jsonl' or 'tsv'.
         include_valid: also exclude the items rated in valid (and use them as prompt history).
         device, dtype: for the LLM.
+        codes: the code book candidates come from (:data:`CODEBOOK_CHOICES`; 'auto': the run's
+            retrieval code book, else its prompt code book).
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}; got {fmt!r}")
     _check_nk(n, k)
-    rec = Recommender(run_dir, include_valid=include_valid, device=device, dtype=dtype, progress=progress)
+    rec = Recommender(run_dir, include_valid=include_valid, device=device, dtype=dtype, progress=progress,
+                      codes=codes)
     return rec.write(rec.recommend(users, n, k, rerank), out, fmt)
 
 
 # ====================================================================== evaluation
 
+list_metrics = metrics.list_metrics  # the name's old home
 
-def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float, float]:
-    """(mean, lower, upper): percentile bootstrap interval of the mean over users."""
-    v = np.asarray(values, np.float64)
-    if v.ndim != 1:
-        raise ValueError(f"values must be 1-D; got shape {v.shape}")
-    if len(v) == 0:
-        return float("nan"), float("nan"), float("nan")
-    if n_boot < 1 or not 0 < level < 1:
-        raise ValueError(f"n_boot must be >= 1 and 0 < level < 1; got {n_boot}, {level}")
-    rng = np.random.default_rng(seed)
-    means = np.empty(n_boot)
-    step = max(1, (1 << 22) // len(v))  # bound the (resamples, users) index block to ~4M
-    for a in range(0, n_boot, step):
-        b = min(n_boot, a + step)
-        means[a:b] = v[rng.integers(0, len(v), (b - a, len(v)))].mean(axis=1)
-    lo, hi = np.percentile(means, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
-    return float(v.mean()), float(lo), float(hi)
+#: Row names of the list table, one source for the table, the pairs and the tests.
+POPULARITY_ROW = "item popularity (train positives)"
+FLOAT_ROWS = {"mf": "MF (float, 256-d, BCE)", "als": "implicit ALS (float, 64 factors)",
+              "bpr": "implicit BPR (float, 64 factors)"}
+RERANK_ROWS = {"text": "+ text-only re-rank", "binllm": "+ BinLLM re-rank"}
 
 
-def list_metrics(items: np.ndarray, targets_off: np.ndarray, targets: np.ndarray,
-                 k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-user HR@k and NDCG@k (float64 (q,) each) of ranked item lists.
-
-    Args:
-        items: int (q, >= k) ranked items (<= 0: none); targets_off, targets: CSR of each user's
-            relevant items (every user has at least one).
-    """
-    q = len(items)
-    top = items[:, :k].astype(np.int64)
-    cnt = np.diff(targets_off)
-    big = int(max(top.max(initial=0), targets.max(initial=0))) + 1
-    tk = np.sort(np.repeat(np.arange(q, dtype=np.int64), cnt) * big + targets.astype(np.int64))
-    ck = np.arange(q, dtype=np.int64)[:, None] * big + top
-    pos = np.minimum(np.searchsorted(tk, ck), max(len(tk) - 1, 0))
-    hit = (tk[pos] == ck) & (top > 0) if len(tk) else np.zeros_like(top, bool)
-    disc = 1.0 / np.log2(np.arange(2, k + 2))
-    idcg = np.cumsum(disc)[np.minimum(cnt, k) - 1]
-    hit_rate = np.asarray(hit.any(axis=1), dtype=np.float64)
-    return hit_rate, np.asarray((hit * disc).sum(axis=1) / idcg, dtype=np.float64)
+def _codes_row(cb: Any, source: str, learned_only: bool = False) -> str:
+    obj = cb.config.get("objective", "bce")
+    learned = int(cb.config.get("learned_bits", cb.d))
+    bits = f"{learned} bits" if learned == cb.d or learned_only else f"{learned} + {cb.d - learned} prior bits"
+    return f"{'retrieval' if source == 'retrieval' else 'prompt (BinMF)'} codes ({bits}, {obj})"
 
 
 def evaluate_lists(run_dir: str | os.PathLike, users: int | None = None, ks: Sequence[int] = (5, 10, 20),
-                   n: int = 50, rerank_methods: Sequence[str] = RERANK_METHODS, rerank_users: int = 8,
+                   n: int = 20, rerank_methods: Sequence[str] = RERANK_METHODS, rerank_users: int = 300,
                    seed: int = 0, include_valid: bool = True, n_boot: int = 1000, progress: bool = True,
-                   device: str = "auto", dtype: str = "auto") -> dict:
-    """HR@k and NDCG@k of recommendation lists on each user's test positives.
+                   device: str = "auto", dtype: str = "auto", anchors: bool = True) -> dict:
+    """HR@k and NDCG@k of recommendation lists on each user's test positives, with paired differences.
 
-    Users: those with at least one test positive not rated in the known splits; `users`
-    samples that many of them (None: all). Retrieval rows (popularity, BinMF, MF) rank the
-    whole catalogue minus the excluded items; re-ranking rows re-order BinMF's n candidates
-    and run on a sample of `rerank_users` of the evaluated users (re-ranking is slow on a
-    CPU), next to BinMF retrieval on the same users. 95% percentile-bootstrap intervals
-    over users.
+    Users: those with at least one test positive not rated in the known splits (train, and valid with
+    `include_valid`); `users` samples that many of them (None: all). Retrieval rows rank the whole
+    catalogue minus the known items: item popularity, the float anchors (MF; `implicit` ALS and BPR with
+    `anchors` when the package is installed), the prompt code book and the retrieval code book (when
+    the run has one). Re-ranking rows re-order the `n` candidates of the retrieval codes ('codes' of
+    :meth:`Recommender.retrieve`) on a sample of `rerank_users` of the evaluated users, next to those
+    candidates' own order on the same users. Intervals: 95% percentile bootstrap over users; paired
+    differences draw the same users for both rows.
 
-    Args:
-        include_valid: exclude valid's interactions too (they precede the test period).
     Returns:
-        {"settings": ..., "rows": {name: {"users": int, "HR@k": [mean, lo, hi], "NDCG@k": [...]}}}.
+        {"settings": ..., "rows": {name: {"users": int, "HR@k": [mean, lo, hi], "NDCG@k": [...]}},
+         "differences": {"A - B": {"users": int, "HR@k": {paired stats}, "NDCG@k": {...}}}}.
     """
     ks = tuple(int(x) for x in ks)
     if not ks or min(ks) < 1:
         raise ValueError(f"ks must be a non-empty list of integers >= 1; got {ks}")
     _check_nk(n, max(ks))
-    if users is not None and (not isinstance(users, (int, np.integer)) or users < 1):
+    if users is not None and (isinstance(users, bool) or not isinstance(users, (int, np.integer)) or users < 1):
         raise ValueError(f"users must be None (all users) or a sample size >= 1; got {users!r}")
-    if rerank_users < 0:
-        raise ValueError(f"rerank_users must be >= 0; got {rerank_users}")
+    if isinstance(rerank_users, bool) or not isinstance(rerank_users, (int, np.integer)) or rerank_users < 0:
+        raise ValueError(f"rerank_users must be an integer >= 0; got {rerank_users!r}")
     for m in rerank_methods:
         if m not in RERANK_METHODS:
             raise ValueError(f"rerank_methods must hold values of {RERANK_METHODS}; got {m!r}")
     rec = Recommender(run_dir, include_valid=include_valid, device=device, dtype=dtype, progress=progress)
-    prep = rec.prep
-    te = prep.split("test")
-    te = te[te["label"].to_numpy() == 1]
-    keys = np.unique(te["uid"].to_numpy().astype(np.int64) * prep.n_item_slots + te["iid"].to_numpy())
-    tu, ti = keys // prep.n_item_slots, keys % prep.n_item_slots
-    # drop targets the user already rated in the known splits: they can never be recommended
-    ek = np.repeat(np.arange(prep.n_user_slots), np.diff(rec._excl_off)) * prep.n_item_slots + rec._excl_items + 1
-    known = np.isin(keys, ek)
-    dropped = int(known.sum())
-    tu, ti = tu[~known], ti[~known]
-    cand = np.unique(tu)
+    known = ("train", "valid") if include_valid else ("train",)
+    task = retrieval.ListTask.of(rec.prep, known, "test")
     rng = np.random.default_rng(seed)
-    slots = cand if users is None or users >= len(cand) else np.sort(rng.choice(cand, users, replace=False))
-    rr_slots = slots if rerank_users >= len(slots) else np.sort(rng.choice(slots, rerank_users, replace=False))
-
-    def targets_of(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        a, b = np.searchsorted(tu, s), np.searchsorted(tu, s, side="right")
-        cnt = b - a
-        off = np.r_[0, np.cumsum(cnt)].astype(np.int64)
-        return off, ti[np.arange(off[-1]) - np.repeat(off[:-1] - a, cnt)]
-
-    def row(items: np.ndarray, s: np.ndarray, boot_seed: int) -> dict:
-        off, tg = targets_of(s)
-        out: dict[str, Any] = {"users": int(len(s))}
-        for k in ks:
-            hr, nd = list_metrics(items, off, tg, k)
-            out[f"HR@{k}"] = list(bootstrap_ci(hr, n_boot, boot_seed))
-            out[f"NDCG@{k}"] = list(bootstrap_ci(nd, n_boot, boot_seed))
-        return out
-
+    q_all = len(task.users)
+    pos = np.arange(q_all) if users is None or users >= q_all else np.sort(rng.choice(q_all, users, replace=False))
+    task = task.subset(pos)
+    rr_pos = (np.arange(len(pos)) if rerank_users >= len(pos)
+              else np.sort(rng.choice(len(pos), rerank_users, replace=False)))
     kmax = max(ks)
+    per_user: dict[str, dict[str, np.ndarray]] = {}  # row -> metric -> per-user values
     rows: dict[str, dict] = {}
-    rows["item popularity"] = row(rec.retrieve(slots, kmax, "popularity").items, slots, seed)
-    rows["BinMF retrieval"] = row(rec.retrieve(slots, kmax, "binmf").items, slots, seed)
-    if (Path(run_dir) / "hash" / "mf" / "checkpoint.pt").is_file():
-        rows["MF retrieval"] = row(rec.retrieve(slots, kmax, "mf").items, slots, seed)
-    if rerank_methods and len(rr_slots):
-        cands = rec.retrieve(rr_slots, n, "binmf")
-        rows["BinMF retrieval (re-rank users)"] = row(cands.items, rr_slots, seed)
-        names = {"text": "BinMF + text-only re-rank", "binllm": "BinMF + BinLLM re-rank"}
+
+    def add(name: str, items: np.ndarray, t: retrieval.ListTask) -> None:
+        per: dict[str, np.ndarray] = {}
+        out: dict[str, Any] = {"users": int(len(t.users))}
+        for k in ks:
+            # list_metrics takes catalogue indices: item slot - 1 (empty places stay negative)
+            hr, nd = metrics.list_metrics(np.where(items > 0, items - 1, -1), t.target_offsets, t.targets, k)
+            per[f"HR@{k}"], per[f"NDCG@{k}"] = hr, nd
+            out[f"HR@{k}"] = list(metrics.bootstrap_mean(hr, n_boot, seed))
+            out[f"NDCG@{k}"] = list(metrics.bootstrap_mean(nd, n_boot, seed))
+        per_user[name], rows[name] = per, out
+
+    slots = task.users
+    add(POPULARITY_ROW, rec.retrieve(slots, kmax, "popularity").items, task)
+    floats = []
+    if (rec.run_dir / "hash" / "mf" / "checkpoint.pt").is_file():
+        floats.append("mf")
+    if anchors:
+        from . import anchors as _anchors
+
+        if _anchors.available():
+            floats += ["als", "bpr"]
+        elif progress:
+            log("lists: the `implicit` package is not installed, so no ALS / BPR anchor rows "
+                "(pip install 'binllm[bench]')")
+    for f in floats:
+        add(FLOAT_ROWS[f], rec.retrieve(slots, kmax, f).items, task)
+    prompt_row = _codes_row(rec.codebook, "prompt")
+    add(prompt_row, rec.retrieve(slots, kmax, "binmf").items, task)
+    main_row = _codes_row(rec.retrieval_codebook, rec.codes_source)
+    if rec.codes_source == "retrieval":
+        rcb = rec.retrieval_codebook
+        learned_row = None
+        if int(rcb.config.get("learned_bits", rcb.d)) != rcb.d:  # the prior bits' share, shown apart
+            learned_row = _codes_row(rcb, "retrieval", learned_only=True)
+            add(learned_row, rec.retrieve(slots, kmax, "codes_no_prior").items, task)
+        add(main_row, rec.retrieve(slots, kmax, "codes").items, task)
+    pairs = [(main_row, POPULARITY_ROW)]
+    if floats:
+        best_float = max((FLOAT_ROWS[f] for f in floats), key=lambda r: rows[r]["HR@10" if 10 in ks else
+                                                                             f"HR@{kmax}"][0])
+        pairs.append((main_row, best_float))
+    if rec.codes_source == "retrieval":
+        pairs.append((main_row, prompt_row))
+        if learned_row is not None:
+            pairs.append((main_row, learned_row))
+    if rerank_methods and len(rr_pos):
+        sub = task.subset(rr_pos)
+        cands = rec.retrieve(sub.users, n, "codes")
+        cand_row = f"{main_row} on the re-rank users"
+        add(cand_row, cands.items, sub)
         for m in rerank_methods:
-            rows[names[m]] = row(rec.rerank(cands, m, kmax).items, rr_slots, seed)
+            name = f"{main_row} {RERANK_ROWS[m]}"
+            add(name, rec.rerank(cands, m, kmax).items, sub)
+            pairs.append((name, cand_row))
+        if len(rerank_methods) == 2:
+            pairs.append((f"{main_row} {RERANK_ROWS['binllm']}", f"{main_row} {RERANK_ROWS['text']}"))
+    diffs = {}
+    for a, b in pairs:
+        d: dict[str, Any] = {"users": rows[a]["users"]}
+        for key in per_user[a]:
+            d[key] = metrics.paired_bootstrap_mean(per_user[a][key], per_user[b][key], n_boot, seed)
+        diffs[f"{a} - {b}"] = d
     return {"settings": {"run_dir": str(run_dir), "ks": list(ks), "n": n, "users": int(len(slots)),
-                         "users_with_test_positives": int(len(cand)), "rerank_users": int(len(rr_slots)),
+                         "users_with_test_positives": int(q_all), "rerank_users": int(len(rr_pos)),
                          "rerank_methods": list(rerank_methods), "include_valid": include_valid, "seed": seed,
-                         "n_boot": n_boot, "targets_dropped_as_known": dropped},
-            "rows": rows}
+                         "n_boot": n_boot, "targets_dropped_as_known": task.dropped,
+                         "codes": rec.codes_source, "codes_config": rec.retrieval_codebook.config},
+            "rows": rows, "differences": diffs}
 
 
 def lists_markdown(res: dict, digits: int = 4) -> str:
-    """Markdown table of :func:`evaluate_lists` results: mean [95% interval] per metric."""
+    """Markdown tables of :func:`evaluate_lists` results: mean [95% interval] per metric, then the
+    paired differences."""
     s = res["settings"]
     cols = [f"{m}@{k}" for k in s["ks"] for m in ("HR", "NDCG")]
+    known = "train and valid" if s["include_valid"] else "train"
     head = (f"Users with test positives: {s['users']} evaluated ({s['users_with_test_positives']} in all), "
-            f"re-ranking on {s['rerank_users']} of them over {s['n']} BinMF candidates; 95% percentile-bootstrap "
-            f"intervals over users ({s['n_boot']} resamples).")
-    lines = [head, "",
-             "| method | users | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+            f"full-catalogue lists without the items each user rated in {known}; "
+            f"re-ranking on {s['rerank_users']} of them over the {s['n']} candidates of the {s['codes']} codes. "
+            f"Code scores tie: ties go to the more popular item. 95% percentile-bootstrap intervals over users "
+            f"({s['n_boot']} resamples).")
+    lines = [head, "", "| method | users | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for name, r in res["rows"].items():
         cells = [f"{r[c][0]:.{digits}f} [{r[c][1]:.{digits}f}, {r[c][2]:.{digits}f}]" for c in cols]
         lines.append(f"| {name} | {r['users']} | " + " | ".join(cells) + " |")
+    diffs = res.get("differences") or {}
+    if diffs:
+        dk = [c for c in cols if c.endswith("@10")] or cols[:2]
+        lines += ["", "Paired differences on the same users (95% paired-bootstrap intervals; share: resamples "
+                      "with a difference <= 0):", "",
+                  "| comparison (A - B) | users | " + " | ".join(f"Δ {c} | share Δ≤0" for c in dk) + " |",
+                  "|---|---|" + "---|---|" * len(dk)]
+        for name, d in diffs.items():
+            cells = [f"{d[c]['diff']:+.3f} [{d[c]['diff_lo']:+.3f}, {d[c]['diff_hi']:+.3f}] | {d[c]['share_le0']:.3f}"
+                     for c in dk]
+            lines.append(f"| {name} | {d['users']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -132,53 +132,100 @@ def prepare(out: str | os.PathLike, source: str = "ml-100k", path: str | None = 
 # ---------------------------------------------------------------------------- pretrain
 
 
-def pretrain(data_dir: str | os.PathLike, out: str | os.PathLike, cfg: HashConfig,
-             mf_cfg: HashConfig | None = None, resume: bool = True, progress: bool = True) -> dict:
-    """Trains the hash model (and the MF baseline when `mf_cfg` is given) on a
-    prepared dataset; writes ``out/codebook.safetensors`` and ``out/metrics.json``.
+#: The models of a pretrain folder: its sub-folder (checkpoint) and the code book it writes (None: MF).
+PRETRAIN_MODELS = {"hash": "codebook.safetensors", "mf": None, "retrieval": "retrieval_codebook.safetensors"}
 
-    Skipped when ``metrics.json`` exists with the same configs (a different config
-    is an error, so finished results are never silently replaced); an interrupted
-    run resumes from its checkpoints when `resume` (else hashing refuses to
-    overwrite them). Returns the metrics dict (per model: full-test metrics)."""
+
+def _normal_config(c: object, where: Path) -> dict | None:
+    """A stored HashConfig dict with today's defaults filled in (None stays None), so folders written
+    before a field existed compare equal to the same settings now."""
+    from .hashing import HashConfig
+
+    if c is None:
+        return None
+    try:
+        return dataclasses.asdict(HashConfig(**c))  # type: ignore[arg-type]
+    except (TypeError, ValueError) as e:
+        raise StageError(f"{where} records a hash-model config this binllm does not know ({e}); use another --out"
+                         ) from None
+
+
+def pretrain(data_dir: str | os.PathLike, out: str | os.PathLike, cfg: HashConfig,
+             mf_cfg: HashConfig | None = None, resume: bool = True, progress: bool = True,
+             retrieval_cfg: HashConfig | None = None) -> dict:
+    """Trains the hash model (the prompt code book), and the MF baseline and the retrieval codes when
+    `mf_cfg` / `retrieval_cfg` are given, on a prepared dataset; writes ``out/codebook.safetensors``,
+    ``out/retrieval_codebook.safetensors`` and ``out/metrics.json``.
+
+    The retrieval codes are a second hash model, usually wider and trained for top-N lists
+    (``retrieval_cfg.objective`` 'bpr' or 'softmax'); list retrieval uses them, prompts keep the
+    first code book (results/lists_search.md: list objectives lower the pair AUC the prompts need).
+
+    A model recorded in ``metrics.json`` with the same config is skipped; one recorded with another
+    config is an error (finished results are never silently replaced); a model asked for but not yet
+    recorded is trained and added (so an older folder gains its retrieval codes). An interrupted run
+    resumes from its checkpoints when `resume` (else hashing refuses to overwrite them). Returns the
+    metrics dict (per model: full-test metrics, under ``configs`` the settings)."""
     from . import data, hashing, threads
     from .codebook import CodeBook
 
     out_p = Path(out)
-    want = {"hash": dataclasses.asdict(cfg), "mf": dataclasses.asdict(mf_cfg) if mf_cfg else None}
+    asked = {"hash": cfg, "mf": mf_cfg, "retrieval": retrieval_cfg}
+    if retrieval_cfg is not None and not retrieval_cfg.model == "hash":
+        raise StageError("retrieval_cfg must configure a hash model (model='hash'): retrieval needs binary codes")
     mfile = out_p / "metrics.json"
-    if mfile.is_file():
-        done = json.loads(mfile.read_text())
-        if not _same(done.get("configs"), want):
-            raise StageError(f"{out_p} holds a hash model trained with other settings; "
+    results: dict = json.loads(mfile.read_text()) if mfile.is_file() else {}
+    done_cfgs = results.get("configs") or {}
+    todo = []
+    for name, c in asked.items():
+        if c is None:
+            continue
+        want, old = dataclasses.asdict(c), _normal_config(done_cfgs.get(name), mfile)
+        book = PRETRAIN_MODELS[name]
+        finished = results.get(name) is not None and (book is None or (out_p / book).is_file())
+        if old is not None and finished and not _same(old, want):
+            changed = sorted(k for k in want if old.get(k) != want[k])
+            raise StageError(f"{out_p} holds a {name} model trained with other settings ({', '.join(changed)}); "
                              "use another --out or delete the folder")
+        if not finished:
+            todo.append(name)
+    if not todo:
         if progress:
             log(f"pretrain: {out_p} is finished, skipped")
-        return done
+        return results
     prep = data.load_prepared(data_dir)
-    results: dict[str, object] = {"configs": want}
+    results.setdefault("configs", {})
     with threads.stage("hash"):
         te = hashing.SplitTensors.of(prep, "test")
-        for name, c in (("hash", cfg), ("mf", mf_cfg)):
-            if c is None:
-                continue
+        for name in todo:
+            c = asked[name]
+            assert c is not None  # todo holds asked models only
             if progress:
-                log(f"pretrain: train the {'hash model' if name == 'hash' else 'MF baseline'} "
-                    f"(d={c.d}, lr={c.lr}, wd={c.weight_decay}, at most {c.max_epochs} epochs)")
+                what = {"hash": "hash model (prompt codes)", "mf": "MF baseline",
+                        "retrieval": "retrieval codes"}[name]
+                log(f"pretrain: train the {what} (objective {c.objective}, d={c.d}, lr={c.lr}, "
+                    f"wd={c.weight_decay}, at most {c.max_epochs} epochs)")
             res = hashing.train(prep, c, out_p / name, resume=resume, progress=progress)
             m = hashing.evaluate(res.model, te)
             m.update(best_epoch=res.best_epoch, epochs=res.epochs_run, valid_auc=res.best_valid_auc,
-                     seconds=res.seconds, seconds_per_epoch=res.seconds / max(res.epochs_run, 1))
-            if isinstance(res.model, hashing.HashModel):  # name == "hash"
-                cb = CodeBook.from_model(res.model, prep, dataclasses.asdict(c), m)
+                     seconds=res.seconds, seconds_per_epoch=res.seconds / max(res.epochs_run, 1),
+                     select=res.select, best_valid=res.best_valid)
+            if res.best_epoch >= 0:
+                m.update({k: v for k, v in res.history[res.best_epoch].items() if k.startswith("valid_")})
+            book = PRETRAIN_MODELS[name]
+            if book is not None and isinstance(res.model, hashing.HashModel):
+                uc, ic, d_out, info = hashing.export_codes(res.model, prep, c)
+                m.update(info)
+                cb = CodeBook(uc, ic, d_out, prep.user_ids, prep.item_ids, {**dataclasses.asdict(c), **info}, m)
                 for side in ("user", "item"):
-                    codes = cb.user_codes[1:] if side == "user" else cb.item_codes[1:]
+                    codes = res.model.packed_codes(side)[1:]  # the learned bits (without prior bits)
                     for k, v in hashing.code_stats(codes, c.d).items():
                         m[f"{side}_{k}"] = v
                 cb.metrics = m
-                cb.save(out_p / "codebook.safetensors")
+                cb.save(out_p / book)
             results[name] = m
-    atomic_write_json(mfile, results)
+            results["configs"][name] = dataclasses.asdict(c)
+            atomic_write_json(mfile, results)  # after each model: an interruption keeps the finished ones
     return results
 
 
@@ -425,12 +472,7 @@ def _score_llm(prep: Prepared, r: np.ndarray, model: str, adapter: str | os.Path
     with threads.stage("llm"):
         lm, tok = scoring.load_llm(model, dtype=dtype, device=dev, progress=progress and rank == 0)
         if adapter is not None:
-            from peft import PeftModel
-
-            # Not merged: merging into bf16 weights rounds the adapter (scores moved by up to 0.24 on 96
-            # prompts, ~0.005 AUC on 300 rows), so the scores would not be those of the adapter that was
-            # validated. Unmerged costs little since scoring.keep_last (bench/results/llm.md).
-            lm = PeftModel.from_pretrained(lm, str(adapter))
+            lm = scoring.with_adapter(lm, adapter)  # merged in float32, unmerged in bf16 (see there)
         sets = _prompt_sets(prep, cb, pc, tok, {"rows": r[mine]}, max_length)
         meta["mean_prompt_tokens"] = float(np.mean([len(x) for x in sets["rows"].ids])) if len(mine) else 0.0
         scorer = scoring.Scorer(lm, tok, batch_size=batch_size)

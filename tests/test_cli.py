@@ -133,6 +133,19 @@ def test_pretrain_skips_and_refuses_other_settings(pretrained: Path, prepared: P
     assert "skipped" in capsys.readouterr().out
     assert run_cli("pretrain", "--data", prepared, "--out", pretrained, "--max-epochs", 4, "--d", 24) == 2
     assert "other settings" in capsys.readouterr().err
+    assert run_cli("pretrain", "--data", prepared, "--out", pretrained, "--objective", "ranknet") == 2
+    assert "objective must be one of ('bce', 'bpr', 'softmax')" in capsys.readouterr().err
+
+
+def test_pretrain_retrieval_codes_flags(prepared: Path, tmp_path, capsys):
+    out = tmp_path / "h"
+    assert run_cli("pretrain", "--data", prepared, "--out", out, "--max-epochs", 2, "--d", 16, "--retrieval",
+                   "--retrieval-d", 24, "--retrieval-max-epochs", 2, "--retrieval-negatives", 2) == 0
+    assert "retrieval codes" in capsys.readouterr().out
+    from binllm.codebook import CodeBook
+
+    cb = CodeBook.load(out / "retrieval_codebook.safetensors")
+    assert (cb.d, cb.config["objective"], cb.config["negatives"]) == (24, "softmax", 2)
 
 
 def test_encode(pretrained: Path, tmp_path):

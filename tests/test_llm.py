@@ -524,3 +524,29 @@ def test_training_attention_override(tiny):
     assert model.config._attn_implementation == "eager"
     model, _ = scoring.load_llm(str(tiny), dtype="float32", device="cpu")
     assert model.config._attn_implementation != "eager"  # the model's default (sdpa) otherwise
+
+
+def test_with_adapter_merges_in_float32_and_keeps_scores(tiny, tmp_path):
+    """Scoring through a tuned adapter: float32 weights get it merged (plain modules, the same scores to
+    1e-4); bf16 weights keep it unmerged (merging would round it)."""
+    from peft import PeftModel, get_peft_model
+
+    model, tok = scoring.load_llm(str(tiny), dtype="float32", device="cpu")
+    lora = get_peft_model(model, tuning.lora_config(tuning.TuneConfig()))
+    for p in lora.parameters():
+        if p.requires_grad:  # a tuned adapter is not the zero init
+            torch.nn.init.normal_(p, std=0.3)
+    lora.save_pretrained(tmp_path / "adapter")
+    ps = [f'#Question: A user has given high ratings to the following movies: "Alpha (1999)". {k} Answer with '
+          '"Yes" or "No". \n#Answer:' for k in range(10)]
+    unmerged = scoring.Scorer(lora, tok, batch_size=4).score(ps)
+    base, _ = scoring.load_llm(str(tiny), dtype="float32", device="cpu")
+    plain = scoring.Scorer(base, tok, batch_size=4).score(ps)
+    merged_model = scoring.with_adapter(base, tmp_path / "adapter")
+    assert not isinstance(merged_model, PeftModel) and not merged_model.training
+    assert not any("lora" in n for n, _ in merged_model.named_modules())
+    merged = scoring.Scorer(merged_model, tok, batch_size=4).score(ps)
+    np.testing.assert_allclose(merged, unmerged, rtol=1e-4, atol=1e-4)
+    assert np.abs(merged - plain).max() > 1e-3  # the adapter does change the scores
+    b16, _ = scoring.load_llm(str(tiny), dtype="bfloat16", device="cpu")
+    assert isinstance(scoring.with_adapter(b16, tmp_path / "adapter"), PeftModel)

@@ -56,3 +56,63 @@ def test_score_and_evaluate_check_their_arguments(prep_dir, tmp_path):
     stages.score(prep_dir, tmp_path / "p.npz", method="popularity", rows=20, progress=False)
     with pytest.raises(stages.StageError, match="names a method without scores"):
         stages.evaluate(prep_dir, {"p": tmp_path / "p.npz"}, pairs=[("p", "q")], n_boot=10)
+
+
+def test_pretrain_adds_retrieval_codes_to_an_older_folder_and_refuses_other_settings(tmp_path):
+    """A folder made before the retrieval codes existed keeps its models and gains the retrieval code book;
+    a recorded model with other settings is refused, naming the settings that differ."""
+    import json
+
+    import pandas as pd
+
+    from binllm.codebook import CodeBook
+    from binllm.hashing import HashConfig
+
+    rng = np.random.default_rng(0)
+    rows = [(str(u), str(i), float(rng.integers(1, 6)), 10**9 + 60 * j)
+            for u in range(50) for j, i in enumerate(rng.choice(70, 30, replace=False))]
+    frame = pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp"])
+    prep_dir = tmp_path / "data"
+    data.prepare(data.Ratings(frame, pd.Series("t", index=frame["item"].unique()), "synthetic"),
+                 "ml-100k-user").save(prep_dir)
+
+    out = tmp_path / "hash"
+    hc = HashConfig(d=16, max_epochs=2, batch_size=512)
+    stages.pretrain(prep_dir, out, hc, progress=False)
+    m = json.loads((out / "metrics.json").read_text())
+    # as binllm 0.2 wrote it: configs without the fields added since, no "retrieval" entry
+    for k in ("objective", "negatives", "neg_popularity", "temperature"):
+        del m["configs"]["hash"][k]
+    m["configs"]["mf"] = None
+    (out / "metrics.json").write_text(json.dumps(m))
+    before = (out / "codebook.safetensors").read_bytes()
+    rc = HashConfig.retrieval_codes(d=24, max_epochs=2, batch_size=512, negatives=2)
+    res = stages.pretrain(prep_dir, out, hc, retrieval_cfg=rc, progress=False)
+    assert (out / "codebook.safetensors").read_bytes() == before  # the prompt codes are untouched
+    cb = CodeBook.load(out / "retrieval_codebook.safetensors")
+    # the learned 24 bits, then the popularity-prior bits of the weight chosen on valid lists
+    assert cb.config["learned_bits"] == 24 and cb.d == 24 + cb.config["prior_bits"]
+    assert cb.config["prior_weight"] in (0.0, 1.0, 2.0, 4.0, 8.0) and len(cb.config["prior_tried"]) == 5
+    tried = cb.config["prior_tried"]
+    assert max(tried.values(), key=lambda t: t["valid_ndcg@10"]) == tried[str(cb.config["prior_weight"])]
+    assert cb.config["objective"] == "softmax" and res["retrieval"]["select"] == "valid_ndcg@10"
+    assert "valid_hr@10" in res["retrieval"]
+    again = stages.pretrain(prep_dir, out, hc, retrieval_cfg=rc, progress=False)  # finished: skipped
+    assert again == json.loads((out / "metrics.json").read_text())
+    other = HashConfig.retrieval_codes(d=32, max_epochs=2, batch_size=512)
+    with pytest.raises(stages.StageError, match=r"a retrieval model trained with other settings \(d, negatives\)"):
+        stages.pretrain(prep_dir, out, hc, retrieval_cfg=other, progress=False)
+    with pytest.raises(stages.StageError, match=r"holds a hash model trained with other settings \(objective\)"):
+        stages.pretrain(prep_dir, out, HashConfig(d=16, max_epochs=2, batch_size=512, objective="bpr"),
+                        progress=False)
+    with pytest.raises(stages.StageError, match="retrieval_cfg must configure a hash model"):
+        stages.pretrain(prep_dir, out, hc, retrieval_cfg=HashConfig(model="mf", objective="bpr"), progress=False)
+
+
+def test_list_objective_needs_valid_positives(prep_dir):
+    """Repeated (user, item) pairs: every valid positive is already rated in train, so nothing to select on."""
+    from binllm import hashing
+
+    with pytest.raises(ValueError, match="selects its epoch by valid lists, but no user has a valid positive"):
+        hashing.train(data.load_prepared(prep_dir), hashing.HashConfig(objective="bpr", max_epochs=1), None,
+                      progress=False)

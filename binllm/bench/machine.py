@@ -379,3 +379,50 @@ def matmul_flops(dtype: str, threads: int, n: int = 2048, repeats: int = 10) -> 
     finally:
         torch.set_num_threads(before)
     return 2 * n**3 / t
+
+
+def layer_shapes(config: Any) -> list[tuple[int, int]]:
+    """(in, out) of the linear maps of one decoder layer of a Llama-style causal LM config: q, k, v, o,
+    gate, up, down (k and v of width kv_heads * head_dim)."""
+    h, inter = int(config.hidden_size), int(config.intermediate_size)
+    heads = int(config.num_attention_heads)
+    kv = int(getattr(config, "num_key_value_heads", None) or heads) * int(getattr(config, "head_dim", None)
+                                                                           or h // heads)
+    return [(h, h), (h, kv), (h, kv), (h, h), (h, inter), (h, inter), (inter, h)]
+
+
+def model_matmul_flops(shapes: Iterable[tuple[int, int]], tokens: int, dtype: str, threads: int,
+                       repeats: int = 5) -> float:
+    """Measured torch matmul rate in FLOP/s at a model's own shapes: x (tokens, k) @ W (k, n) for each
+    (k, n) of `shapes` (one layer's linear maps, :func:`layer_shapes`), the whole set timed as one pass,
+    in `dtype`, at `threads` threads. The better of two ways to use the threads: one matmul on all of
+    them (torch's OpenMP) and `threads` workers on one thread each over shards of the tokens
+    (:func:`binllm.threads.map_parallel`, as binllm's scoring and tuning run on a CPU). This is the
+    limit an LLM stage of that shape can reach; 2 * tokens * k * n FLOPs a matmul."""
+    import torch
+
+    from .. import threads as _threads
+
+    shapes = list(shapes)
+    g = torch.Generator().manual_seed(0)
+    dt = getattr(torch, dtype)
+    ws = [torch.randn(k, n, generator=g).to(dt) for k, n in shapes]
+    xs = {k: torch.randn(tokens, k, generator=g).to(dt) for k, _ in shapes}
+    flops = sum(2 * tokens * k * n for k, n in shapes)
+
+    def one_pass(rows: slice) -> None:
+        for (k, _), w in zip(shapes, ws):
+            xs[k][rows] @ w
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        with torch.inference_mode():
+            t_omp = best_time(lambda: one_pass(slice(None)), repeats)
+            bounds = np.linspace(0, tokens, threads + 1).round().astype(int)
+            parts = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+            t_workers = best_time(lambda: _threads.map_parallel(one_pass, parts, total=threads), repeats) \
+                if threads > 1 else t_omp
+    finally:
+        torch.set_num_threads(before)
+    return flops / min(t_omp, t_workers)
