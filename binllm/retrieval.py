@@ -277,7 +277,7 @@ def take_rows(offsets: np.ndarray, values: np.ndarray, rows: np.ndarray) -> tupl
 
 
 #: Weights of the popularity prior tried on valid lists when a code book's ``prior_weight`` is None.
-PRIOR_WEIGHTS = (0.0, 1.0, 2.0, 4.0, 8.0)
+PRIOR_WEIGHTS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
 
 
 def prior_levels(pop: np.ndarray, weight: float) -> tuple[np.ndarray, int]:

@@ -92,7 +92,7 @@ def test_pretrain_adds_retrieval_codes_to_an_older_folder_and_refuses_other_sett
     cb = CodeBook.load(out / "retrieval_codebook.safetensors")
     # the learned 24 bits, then the popularity-prior bits of the weight chosen on valid lists
     assert cb.config["learned_bits"] == 24 and cb.d == 24 + cb.config["prior_bits"]
-    assert cb.config["prior_weight"] in (0.0, 1.0, 2.0, 4.0, 8.0) and len(cb.config["prior_tried"]) == 5
+    assert cb.config["prior_weight"] in (0.0, 1.0, 2.0, 4.0, 8.0, 16.0) and len(cb.config["prior_tried"]) == 6
     tried = cb.config["prior_tried"]
     assert max(tried.values(), key=lambda t: t["valid_ndcg@10"]) == tried[str(cb.config["prior_weight"])]
     assert cb.config["objective"] == "softmax" and res["retrieval"]["select"] == "valid_ndcg@10"

@@ -10,10 +10,12 @@ to BinMF and item popularity on the same valid rows. The 1-minute load
 average before and after each call is recorded, so a timing taken on a shared
 machine says so.
 
-    python tools/recipe_search.py --run runs/ml100k [--only A,B] [--out results/recipe_search]
+    python tools/recipe_search.py --run runs/ml100k [--only A,B] [--seeds 0,1] [--out results/recipe_search]
 
-Adapters go to RUN/search/<name>; a finished config is read back, not re-run,
-so an interrupted search resumes where it stopped.
+Adapters go to RUN/search/<name> (seed 0) and RUN/search/<name>_s<seed>; a
+finished config is read back, not re-run, so an interrupted search resumes
+where it stopped. Config A at seed 0 is the run's own step 2 (llm/binllm_dotted),
+read from the run folder when it is finished.
 """
 from __future__ import annotations
 
@@ -62,13 +64,23 @@ CONFIGS = [
 ]
 
 
-def run_config(run: Path, c: Config, valid_rows: int, train_rows: int) -> dict:
-    out = run / "search" / c.name
+def run_config(run: Path, c: Config, valid_rows: int, train_rows: int, seed: int = 0) -> dict:
+    out = run / "search" / (c.name if seed == 0 else f"{c.name}_s{seed}")
     info = out / "adapter" / "binllm.json"
     record = out / "search.json"
     if record.is_file() and info.is_file():
         return json.loads(record.read_text())
-    tc = TuneConfig(**{**BASE, **c.tune})
+    tc = TuneConfig(**{**BASE, **c.tune, "seed": seed})
+    own = run / "llm" / "binllm_dotted" / "adapter" / "binllm.json"
+    if c.name == "A" and seed == 0 and own.is_file() and json.loads(own.read_text())["tune_config"] == asdict(tc):
+        # the run's own step 2 is config A at seed 0: read it rather than train it again
+        hist = json.loads(own.read_text())["history"]
+        rec = {"name": c.name, "seed": seed, "note": c.note + " (the run's own step 2)", "tune": asdict(tc),
+               "max_titles": c.max_titles, "from_text": c.from_text, "wall_s": None, "load_before": None,
+               "load_after": None, "rounds": {int(h["step"]): float(h["eval_auc"]) for h in hist},
+               "best_auc": max(float(h["eval_auc"]) for h in hist)}
+        atomic_write_json(record, rec)
+        return rec
     pc = PromptConfig(kind="text_codes", domain="movie", code_style="dotted", max_titles=c.max_titles)
     # a final adapter without a record, or a resumed checkpoint, would time only part of the work
     partial = info.is_file() or (out / "checkpoints").is_dir()
@@ -76,10 +88,11 @@ def run_config(run: Path, c: Config, valid_rows: int, train_rows: int) -> dict:
     t = time.perf_counter()
     stages.tune(run / "data", out, pc, tc, codebook=run / "hash" / "codebook.safetensors",
                 init_adapter=run / "llm" / "text" / "adapter" if c.from_text else None,
-                train_rows=train_rows, valid_rows=valid_rows, seed=0)
+                train_rows=train_rows, valid_rows=valid_rows, seed=0)  # seed 0: the run's row samples
     wall: float | None = None if partial else time.perf_counter() - t
     hist = json.loads(info.read_text())["history"]
-    rec = {"name": c.name, "note": c.note, "tune": asdict(tc), "max_titles": c.max_titles, "from_text": c.from_text,
+    rec = {"name": c.name, "seed": seed, "note": c.note, "tune": asdict(tc), "max_titles": c.max_titles,
+           "from_text": c.from_text,
            "wall_s": wall, "load_before": load0, "load_after": os.getloadavg()[0],
            "rounds": {int(h["step"]): float(h["eval_auc"]) for h in hist},
            "best_auc": max(float(h["eval_auc"]) for h in hist)}
@@ -101,27 +114,32 @@ def reference_rows(run: Path, valid_rows: int) -> dict[str, float]:
     return out
 
 
-def table(recs: list[dict], refs: dict[str, float], valid_rows: int) -> str:
+def table(recs: list[dict], refs: dict[str, float], valid_rows: int, machine: str) -> str:
     steps = sorted({s for r in recs for s in r["rounds"]})
-    head = ["config", "settings", "text step first", *[f"AUC@{s}" for s in steps], "best valid AUC", "wall min",
-            "load avg before/after"]
+    head = ["config", "seed", "settings", "text step first", *[f"AUC@{s}" for s in steps], "best valid AUC",
+            "wall min", "load avg before/after"]
     lines = ["# Recipe search: BinLLM code step on the embedded ML-100K", "",
-             f"Valid AUC on the run's {valid_rows} valid_small rows (per-user split), one seed per config; every "
-             "config tunes the text + codes prompt (dotted 32-bit codes) with batch 8 and evaluates every 50 steps. "
-             "Two-step configs start from the run's text-only adapter (100 steps). Wall time: the whole tune call "
-             "(model load, 6 evaluation rounds of 300 prompts); on 2 cores, CPU with AMX (bf16 autocast). A load "
-             "average well above 2 means the machine was shared and the wall time is inflated.", "",
-             "Reference on the same rows: " + ", ".join(f"{k} {v:.4f}" for k, v in refs.items()) + ".", "",
-             "Config A's recipe ran to the end in the previous session's default run (torch's fused attention, "
-             "shuffled batches, the same rows and text adapter): valid AUC 0.6451 / 0.6568 / 0.6912 / 0.7023 / "
-             "0.7104 / 0.7112 at steps 50-300, 13.5 min on a quiet machine.", "",
+             f"Valid AUC on the run's {valid_rows} valid_small rows (per-user split); every config tunes the text + "
+             f"codes prompt (dotted 32-bit codes) with batch {BASE['batch_size']} and evaluates every "
+             f"{BASE['eval_steps']} steps; the seed sets the dropout masks and batch order, and the LoRA init of "
+             "one-step configs (the row samples stay the run's). Two-step configs start from the run's text-only "
+             "adapter (100 steps). Wall "
+             f"time: the whole tune call (model load and evaluation rounds of {valid_rows} prompts). Machine: "
+             f"{machine}. A load average well above 2 means the machine was shared and the wall time is inflated.",
+             "", "Reference on the same rows: " + ", ".join(f"{k} {v:.4f}" for k, v in refs.items()) + ".", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in recs:
-        cells = [r["name"], r["note"], "yes" if r["from_text"] else "no",
+        cells = [r["name"], str(r.get("seed", 0)), r["note"], "yes" if r["from_text"] else "no",
                  *[f"{r['rounds'][s]:.4f}" if s in r["rounds"] else "" for s in steps],
                  f"{r['best_auc']:.4f}", "?" if r["wall_s"] is None else f"{r['wall_s'] / 60:.1f}",
                  "/".join("?" if r[k] is None else f"{r[k]:.1f}" for k in ("load_before", "load_after"))]
         lines.append("| " + " | ".join(cells) + " |")
+    by: dict[str, list[float]] = {}
+    for r in recs:
+        by.setdefault(r["name"], []).append(r["best_auc"])
+    lines += ["", "Best valid AUC over seeds (mean, min-max):", "", "| config | seeds | mean | min | max |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {k} | {len(v)} | {sum(v) / len(v):.4f} | {min(v):.4f} | {max(v):.4f} |" for k, v in by.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -132,6 +150,7 @@ def main() -> None:
     ap.add_argument("--out", default="results/recipe_search", help="table path without suffix")
     ap.add_argument("--valid-rows", type=int, default=300)
     ap.add_argument("--train-rows", type=int, default=4000)
+    ap.add_argument("--seeds", default="0", help="comma-separated training seeds of each config")
     args = ap.parse_args()
     from binllm import threads
 
@@ -142,22 +161,27 @@ def main() -> None:
     names = set(args.only.split(",")) if args.only else None
     todo = [c for c in CONFIGS if names is None or c.name in names]
     refs = reference_rows(run, args.valid_rows)
+    from binllm.bench import machine as _machine
+
+    where = f"{_machine.cpu_model() or 'unknown CPU'}, {os.cpu_count()} cores"
+    seeds = [int(x) for x in args.seeds.split(",")]
     recs = []
     for c in CONFIGS:
-        rec_file = run / "search" / c.name / "search.json"
-        if c in todo:
-            print(f"recipe_search: config {c.name}: {c.note}", file=sys.stderr, flush=True)
-            rec = run_config(run, c, args.valid_rows, args.train_rows)
-        elif rec_file.is_file():
-            rec = json.loads(rec_file.read_text())
-        else:
-            continue
-        rec["rounds"] = {int(s): v for s, v in rec["rounds"].items()}  # JSON keys come back as strings
-        recs.append(rec)
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out.with_suffix(".md"), table(recs, refs, args.valid_rows))
-        atomic_write_json(out.with_suffix(".json"), {"references": refs, "configs": recs, "base": BASE})
+        for seed in sorted(set(seeds) | {0}):
+            rec_file = run / "search" / (c.name if seed == 0 else f"{c.name}_s{seed}") / "search.json"
+            if c in todo and seed in seeds:
+                print(f"recipe_search: config {c.name}, seed {seed}: {c.note}", file=sys.stderr, flush=True)
+                rec = run_config(run, c, args.valid_rows, args.train_rows, seed)
+            elif rec_file.is_file():
+                rec = json.loads(rec_file.read_text())
+            else:
+                continue
+            rec["rounds"] = {int(s): v for s, v in rec["rounds"].items()}  # JSON keys come back as strings
+            recs.append(rec)
+            out = Path(args.out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out.with_suffix(".md"), table(recs, refs, args.valid_rows, where))
+            atomic_write_json(out.with_suffix(".json"), {"references": refs, "configs": recs, "base": BASE})
 
 if __name__ == "__main__":
     main()
