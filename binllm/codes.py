@@ -61,22 +61,22 @@ def unpack_signs(codes: ArrayT, d: int, dtype: UnpackDtype = "float32") -> Array
     """
     if dtype not in _UNPACK_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(_UNPACK_DTYPES)}; got {dtype!r}")
-    return _backend.impl(codes=codes).unpack(codes, d, dtype)
+    return _backend.impl(codes=codes).unpack(codes, _backend.whole("d", d), dtype)
 
 
 def unpack_bits(codes: ArrayT, d: int) -> ArrayT:
     """Unpacks codes to 0/1 bits: uint8 (n, d), as ``numpy.unpackbits(..., count=d)``."""
-    return _backend.impl(codes=codes).unpack(codes, d, "bits")
+    return _backend.impl(codes=codes).unpack(codes, _backend.whole("d", d), "bits")
 
 
 def dot_rows(a: ArrayT, b: ArrayT, d: int) -> ArrayT:
     """+-1 inner products of aligned rows: int32 (n,), out[r] = <a_r, b_r> in [-d, d]."""
-    return _backend.impl(a=a, b=b).score_pairs(a, b, d, "dot")
+    return _backend.impl(a=a, b=b).score_pairs(a, b, _backend.whole("d", d), "dot")
 
 
 def hamming_rows(a: ArrayT, b: ArrayT, d: int) -> ArrayT:
     """Hamming distances of aligned rows: int32 (n,) in [0, d]."""
-    return _backend.impl(a=a, b=b).score_pairs(a, b, d, "hamming")
+    return _backend.impl(a=a, b=b).score_pairs(a, b, _backend.whole("d", d), "hamming")
 
 
 def dot_all(a: ArrayT, b: ArrayT, d: int, out_dtype: OutDtype = "int32", out: ArrayT | None = None) -> ArrayT:
@@ -85,12 +85,12 @@ def dot_all(a: ArrayT, b: ArrayT, d: int, out_dtype: OutDtype = "int32", out: Ar
     `out`, a C-contiguous (n, m) array of `out_dtype` that shares no memory with
     `a` or `b`, is filled and returned instead of a new array (repeated calls then
     skip page faults of fresh memory)."""
-    return _backend.impl(a=a, b=b).score_all(a, b, d, "dot", out_dtype, out)
+    return _backend.impl(a=a, b=b).score_all(a, b, _backend.whole("d", d), "dot", out_dtype, out)
 
 
 def hamming_all(a: ArrayT, b: ArrayT, d: int, out_dtype: OutDtype = "int32", out: ArrayT | None = None) -> ArrayT:
     """Hamming distances of all pairs: (n, m) int32 or int16 (d <= 32767); `out` as in :func:`dot_all`."""
-    return _backend.impl(a=a, b=b).score_all(a, b, d, "hamming", out_dtype, out)
+    return _backend.impl(a=a, b=b).score_all(a, b, _backend.whole("d", d), "hamming", out_dtype, out)
 
 
 def topk(queries: ArrayT, items: ArrayT, d: int, k: int) -> tuple[ArrayT, ArrayT]:
@@ -102,7 +102,8 @@ def topk(queries: ArrayT, items: ArrayT, d: int, k: int) -> tuple[ArrayT, ArrayT
         (scores int32 (n, k), indices int64 (n, k)), best first; equal scores
         are ordered by the lower item index.
     """
-    return _backend.impl(queries=queries, items=items).topk(queries, items, d, k)
+    return _backend.impl(queries=queries, items=items).topk(queries, items, _backend.whole("d", d),
+                                                            _backend.whole("k", k))
 
 
 def balance(codes: ArrayT, d: int) -> np.ndarray:

@@ -625,8 +625,9 @@ def train(prep: Prepared, cfg: HashConfig, out_dir: str | os.PathLike | None = N
         max_epochs: stop after this many epochs *in this call* (to test resuming); ``cfg.max_epochs``
             bounds the whole run.
         on_epoch: called with each evaluation round's record.
-        log: one line on stderr per evaluation round; None: exactly when no bar is drawn
-            (``progress=False`` or stderr is not a terminal), so a log is never silent for minutes.
+        log: progress lines (the ``binllm`` logger, stderr) instead of a bar: one per tenth of
+            ``cfg.max_epochs`` and the last epoch; None: exactly when `progress` is on and stderr
+            is not a terminal, so a log is never silent for minutes and never flooded.
     Returns:
         the best model (by valid AUC), its epoch and the per-epoch history. Hash-model records carry
         ``item_bit_entropy`` and ``item_distinct_codes`` (:func:`code_stats`).
@@ -671,7 +672,8 @@ def _train(prep: Prepared, cfg: HashConfig, out_dir: str | os.PathLike | None, r
     select = SELECT_LISTS if cfg.for_lists else "valid_auc"  # the history key that picks the best epoch
     bar_on = progress and sys.stderr.isatty()
     if log is None:
-        log = not bar_on
+        log = progress and not bar_on
+    log_every = max(1, cfg.max_epochs // 10)
     regularise = cfg.model == "hash" and (cfg.balance_weight > 0 or cfg.decorr_weight > 0)
     lists = _ListData(prep, cfg) if cfg.for_lists else None
     n = len(tr.u) if lists is None else len(lists.u)
@@ -738,12 +740,15 @@ def _train(prep: Prepared, cfg: HashConfig, out_dir: str | os.PathLike | None, r
             on_epoch(rec)
         bar.update(1)
         bar.set_postfix(beta=f"{beta:.2f}", loss=f"{rec['loss']:.4f}", best=f"{st.best_auc:.4f}")
-        if log:
+        last = st.epoch >= cfg.max_epochs or st.bad >= cfg.patience
+        if log and (st.epoch % log_every == 0 or last):
+            from .progress import log as log_line
+
             extra = (f" bit_entropy {rec['item_bit_entropy']:.3f} codes {rec['item_distinct_codes']}"
                      if "item_bit_entropy" in rec else "")
-            print(f"train {cfg.model}: epoch {epoch + 1}/{cfg.max_epochs} beta {beta:.2f} loss {rec['loss']:.4f} "
-                  f"{select} {rec[select]:.4f} (best {st.best_auc:.4f} @ {st.best_epoch + 1}, "
-                  f"{st.bad}/{cfg.patience} without gain){extra} {rec['seconds']:.2f}s", file=sys.stderr, flush=True)
+            log_line(f"train {cfg.model}: epoch {epoch + 1}/{cfg.max_epochs} beta {beta:.2f} loss {rec['loss']:.4f} "
+                     f"{select} {rec[select]:.4f} (best {st.best_auc:.4f} @ {st.best_epoch + 1}, "
+                     f"{st.bad}/{cfg.patience} without gain){extra} {rec['seconds']:.2f}s")
     bar.close()
     if st.best_state is not None:
         model.load_state_dict(st.best_state)

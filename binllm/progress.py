@@ -1,4 +1,10 @@
-"""Progress output for long stages: a bar in a terminal, sparse lines in a log.
+"""Progress output for long stages: the ``binllm`` logger, a bar in a terminal, sparse lines in a log.
+
+Progress lines go through the stdlib logger ``binllm`` (``[binllm HH:MM:SS] message`` on stderr),
+so stdout carries only results (tables, the final line of a command) and a library user controls
+the lines like any other library's: ``logging.getLogger("binllm").setLevel(logging.WARNING)``
+silences them; the command line does that for ``--quiet``. Unless the application configured
+the logger itself, binllm gives it its own stderr handler (as transformers does for its logger).
 
 A terminal gets a tqdm bar; a non-terminal (a log file, CI, ``nohup``) gets one
 line per ``every`` share of the work (10% by default) and a closing line, so a
@@ -6,10 +12,40 @@ log is never silent for minutes and never flooded by carriage-return bars.
 """
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from types import TracebackType
 from typing import TextIO
+
+LOGGER_NAME = "binllm"
+LOG_FORMAT = "[binllm %(asctime)s] %(message)s"
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to the ``sys.stderr`` of the moment: pytest, notebooks and callers that redirect swap
+    it after binllm was imported, and a StreamHandler would keep writing to the old one."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.flush()
+        except Exception:  # noqa: BLE001 - logging's own policy: report, never raise from a log call
+            self.handleError(record)
+
+
+def logger() -> logging.Logger:
+    """The ``binllm`` logger, with binllm's stderr handler (level INFO) unless the application set one."""
+    lg = logging.getLogger(LOGGER_NAME)
+    if not lg.handlers and not getattr(lg, "_binllm_configured", False):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT, "%H:%M:%S"))
+        lg.addHandler(handler)
+        if lg.level == logging.NOTSET:
+            lg.setLevel(logging.INFO)
+        lg.propagate = False
+        lg._binllm_configured = True  # type: ignore[attr-defined]  # once: an application may remove it
+    return lg
 
 
 def is_terminal(stream: TextIO | None = None) -> bool:
@@ -21,9 +57,9 @@ def is_terminal(stream: TextIO | None = None) -> bool:
         return False
 
 
-def log(msg: str, prefix: str = "binllm") -> None:
-    """One timestamped line on stdout (flushed: logs of long runs stay current)."""
-    print(f"[{prefix} {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+def log(msg: str) -> None:
+    """One progress line (level INFO) through the ``binllm`` logger: timestamped, on stderr, flushed."""
+    logger().info(msg)
 
 
 class Progress:

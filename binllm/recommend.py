@@ -440,9 +440,12 @@ def recommend(run_dir: str | os.PathLike, out: str | os.PathLike, users: Sequenc
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}; got {fmt!r}")
     _check_nk(n, k)
-    rec = Recommender(run_dir, include_valid=include_valid, device=device, dtype=dtype, progress=progress,
-                      codes=codes)
-    return rec.write(rec.recommend(users, n, k, rerank), out, fmt)
+    from .locks import hold
+
+    with hold(out):  # one writer of `out` at a time (binllm.locks)
+        rec = Recommender(run_dir, include_valid=include_valid, device=device, dtype=dtype, progress=progress,
+                          codes=codes)
+        return rec.write(rec.recommend(users, n, k, rerank), out, fmt)
 
 
 # ====================================================================== evaluation

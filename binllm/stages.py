@@ -22,7 +22,14 @@ its own with any of these paths)::
 
 A score file is a numpy ``.npz`` with ``rows`` (int64 row numbers of the
 prepared dataset), ``scores`` (float32) and ``meta`` (a JSON string: method,
-split, model, adapter); it never holds pickled objects.
+split, model, adapter, and under ``settings`` what the scores were computed
+from); it never holds pickled objects.
+
+Each stage holds the lock of its output for its whole run (:mod:`binllm.locks`):
+a second process on the same output is refused at once. A finished output is
+reused only when the settings it records (source and files, configs, prompt,
+model, code book checksum, adapter, data fingerprint) equal the ones asked for;
+otherwise the stage refuses with one line naming what differs.
 """
 from __future__ import annotations
 
@@ -38,8 +45,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import metrics
-from ._io import atomic_save, atomic_write_json, atomic_write_text
+from . import locks, metrics
+from ._io import atomic_save, atomic_write_json, atomic_write_text, sha256_file
 from .progress import log
 
 if TYPE_CHECKING:  # heavy imports only for type checkers
@@ -62,6 +69,64 @@ class StageError(ValueError):
 
 def _same(a: object, b: object) -> bool:
     return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def _plain(x: object) -> object:
+    return json.loads(json.dumps(x, sort_keys=True, default=str))
+
+
+def _differences(old: Mapping, new: Mapping, legacy_ok: bool = True) -> list[str]:
+    """``key: old -> new`` for every setting of `new` that `old` records otherwise (one level of
+    nested dicts spelled ``prompt.kind``). With `legacy_ok`, keys `old` lacks (written by an older
+    binllm) are not compared."""
+    out = []
+    for k, v in new.items():
+        if k not in old:
+            if not legacy_ok:
+                out.append(f"{k}: (not recorded) -> {_short(v)}")
+            continue
+        a, b = _plain(old[k]), _plain(v)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += [f"{k}.{s}: {_short(a.get(s))} -> {_short(b.get(s))}" for s in sorted(set(a) | set(b))
+                    if a.get(s) != b.get(s)]
+        else:
+            out.append(f"{k}: {_short(a)} -> {_short(b)}")
+    return out
+
+
+def _short(v: object) -> str:
+    text = repr(v)
+    if isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v):
+        text = repr(v[:12] + "...")  # a sha256: its start tells them apart
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _refuse(out: Path, holds: str, diffs: list[str], how: str) -> StageError:
+    shown = ", ".join(diffs[:4]) + (f" and {len(diffs) - 4} more" if len(diffs) > 4 else "")
+    return StageError(f"{out} holds {holds} made with other settings ({shown}); {how}")
+
+
+def _data_fingerprint(data_dir: str | os.PathLike) -> str | None:
+    from .data.prepared import read_fingerprint
+
+    return read_fingerprint(data_dir)
+
+
+def _adapter_fingerprint(adapter: str | os.PathLike | None) -> str | None:
+    """sha256 of an adapter's weights file (None without an adapter or weights)."""
+    if adapter is None:
+        return None
+    for name in ("adapter_model.safetensors", "adapter_model.bin"):
+        if (Path(adapter) / name).is_file():
+            return sha256_file(Path(adapter) / name)
+    return None
+
+
+def _model_id(model: str | os.PathLike) -> str:
+    """How a model is recorded and compared: the embedded name, or the folder as given ('./m' = 'm')."""
+    return os.path.normpath(str(model)) if str(model) != "smollm2" else "smollm2"
 
 
 def sample_rows(prep: Prepared, split: str, n: int | None, seed: int = 0) -> np.ndarray:
@@ -87,42 +152,119 @@ def _dist() -> tuple[int, int]:
 # ---------------------------------------------------------------------------- prepare
 
 
+SOURCES = ("ml-100k", "ml-1m", "amazon-book", "table", "reference")
+
+
+def check_source(source: str, path: str | os.PathLike | None = None, meta: str | os.PathLike | None = None,
+                 protocol: str | None = None, columns: str | None = None) -> None:
+    """Checks what :func:`prepare` is asked to read before anything is read or written: a known
+    source, its path (and Amazon's metadata file) present, columns for 'table', a known protocol.
+
+    Raises:
+        StageError: naming the argument and what was expected.
+        FileNotFoundError: a path that does not exist, or ML-100K without recbole's package data.
+    """
+    from . import data
+
+    if source not in SOURCES:
+        raise StageError(f"source must be one of {', '.join(SOURCES)}; got {source!r}")
+    if source == "ml-100k" and path is None:
+        data.ml100k_dir()  # raises with the pip line when recbole's data is missing
+    if source != "ml-100k" and not path:
+        raise StageError(f"source {source!r} needs a path (--path): "
+                         + {"ml-1m": "the ML-1M folder or zip", "amazon-book": "the reviews .json(.gz)",
+                            "table": "the CSV or Parquet file",
+                            "reference": "the folder of train/valid/test pickles"}[source])
+    if source == "amazon-book" and not meta:
+        raise StageError("source 'amazon-book' needs meta (--meta): the metadata .json(.gz)")
+    if source == "table":
+        if not columns:
+            raise StageError("source 'table' needs columns: user,item,rating,timestamp[,title]")
+        data.parse_columns(columns)
+    if source != "reference":
+        name = protocol or data.default_protocol(source)
+        if name not in data.PROTOCOLS:
+            raise StageError(f"protocol must be one of {sorted(data.PROTOCOLS)}; got {name!r}")
+    for what, p in (("path", path), ("meta", meta)):
+        if p and not Path(p).exists():
+            raise FileNotFoundError(f"{what} {p} does not exist (source {source!r})")
+
+
+def _prepare_request(source: str, path: str | os.PathLike | None, meta: str | os.PathLike | None,
+                     protocol: str | None, columns: str | None, history_len: int | None,
+                     missing_titles: str | None) -> dict:
+    """What a prepared folder records of the call that made it (meta.json "prepare"), as compared on reuse."""
+    from . import data
+
+    name = "reference" if source == "reference" else (protocol or data.default_protocol(source))
+    return {"source": source, "path": str(Path(path).resolve()) if path else None,
+            "meta": str(Path(meta).resolve()) if meta else None, "protocol": name,
+            "columns": data.parse_columns(columns) if columns else None,
+            "history_len": history_len if history_len is not None else (
+                data.PROTOCOLS[name].history_len if name in data.PROTOCOLS else None),
+            "missing_titles": missing_titles or "error"}
+
+
+def _check_prepared_reuse(out: Path, want: dict) -> None:
+    """Refuses to reuse a prepared folder made from another source, path, protocol or files."""
+    from .data.prepared import _file_hash
+
+    meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
+    how = "use another --out, or --overwrite to prepare it again"
+    old = meta.get("prepare")
+    if isinstance(old, dict):
+        diffs = _differences(old, want)
+    else:  # written before the call was recorded: what meta.json always held
+        legacy = {"ml-100k": "ml-100k", "ml-1m": "ml-1m", "amazon-book": "amazon", "reference": "reference-pickles",
+                  "table": Path(want["path"] or "").stem}
+        diffs = [f"source: {meta.get('source')!r} -> {want['source']!r}"] if meta.get(
+            "source") != legacy[want["source"]] else []
+        if meta.get("protocol_name") and meta.get("protocol_name") != want["protocol"]:
+            diffs.append(f"protocol: {meta.get('protocol_name')!r} -> {want['protocol']!r}")
+    if diffs:
+        raise _refuse(out, "a dataset", diffs, how)
+    for f, recorded in (meta.get("files") or {}).items():
+        now = _file_hash(f)
+        if recorded and now is not None and now != recorded:
+            raise StageError(f"{out} was prepared from {f}, which has changed since (its sha256 differs); {how}")
+
+
+@locks.holding("out")
 def prepare(out: str | os.PathLike, source: str = "ml-100k", path: str | None = None, meta: str | None = None,
             protocol: str | None = None, columns: str | None = None, history_len: int | None = None,
-            missing_titles: str | None = None, trust_pickles: bool = False, progress: bool = True) -> Prepared:
+            missing_titles: str | None = None, trust_pickles: bool = False, progress: bool = True,
+            overwrite: bool = False) -> Prepared:
     """Reads a dataset, applies its protocol and writes the prepared folder `out`.
 
-    Skipped (the folder is loaded) when `out` already holds a prepared dataset.
+    Skipped (the folder is loaded) when `out` already holds a dataset prepared from the same
+    source, path, files (their sha256), columns and protocol; one made otherwise is an error
+    unless `overwrite`, which prepares it again (atomically).
     `source`: 'ml-100k' (embedded), 'ml-1m', 'amazon-book', 'table' (CSV/Parquet
     with `columns`), 'reference' (the reference pickles; needs trust_pickles)."""
     from . import data
 
+    check_source(source, path, meta, protocol, columns)
     out_p = Path(out)
-    if (out_p / "meta.json").is_file():
+    want = _prepare_request(source, path, meta, protocol, columns, history_len, missing_titles)
+    if (out_p / "meta.json").is_file() and not overwrite:
+        _check_prepared_reuse(out_p, want)
         prep = data.load_prepared(out_p)
         if progress:
-            log(f"prepare: {out_p} exists, skipped (delete it to prepare again)")
+            log(f"prepare: {out_p} holds this dataset, skipped")
         return prep
     if source == "reference":
-        if not path:
-            raise StageError("source 'reference' needs a path: the folder of train/valid/test pickles")
+        assert path is not None  # check_source
         prep = data.read_reference_pickles(path, trust_pickles=trust_pickles)
     else:
-        kw: dict[str, str] = {}
-        if source == "table":
-            if not columns:
-                raise StageError("source 'table' needs columns: user,item,rating,timestamp[,title]")
-            kw = data.parse_columns(columns)
+        kw: dict[str, str] = data.parse_columns(columns) if source == "table" and columns else {}
         if missing_titles is not None:
             kw["missing_titles"] = missing_titles
         ratings = data.load_source(source, path, meta, **kw)
-        name = protocol or data.default_protocol(source)
-        if name not in data.PROTOCOLS:
-            raise StageError(f"protocol must be one of {sorted(data.PROTOCOLS)}; got {name!r}")
-        p = data.PROTOCOLS[name]
+        p = data.PROTOCOLS[want["protocol"]]
         if history_len is not None:
             p = dataclasses.replace(p, history_len=history_len)
         prep = data.prepare(ratings, p)
+    prep.meta["prepare"] = want
     prep.save(out_p)
     if progress:
         log(f"prepare: wrote {out_p}\n{prep.summary()}")
@@ -150,6 +292,7 @@ def _normal_config(c: object, where: Path) -> dict | None:
                          ) from None
 
 
+@locks.holding("out")
 def pretrain(data_dir: str | os.PathLike, out: str | os.PathLike, cfg: HashConfig,
              mf_cfg: HashConfig | None = None, resume: bool = True, progress: bool = True,
              retrieval_cfg: HashConfig | None = None) -> dict:
@@ -163,7 +306,9 @@ def pretrain(data_dir: str | os.PathLike, out: str | os.PathLike, cfg: HashConfi
 
     A model recorded in ``metrics.json`` with the same config is skipped; one recorded with another
     config is an error (finished results are never silently replaced); a model asked for but not yet
-    recorded is trained and added (so an older folder gains its retrieval codes). An interrupted run
+    recorded is trained and added (so an older folder gains its retrieval codes). The prepared
+    dataset is fingerprinted too: another dataset is refused. Each code book's checksum is recorded and
+    compared, so a code book replaced behind metrics.json's back is refused. An interrupted run
     resumes from its checkpoints when `resume` (else hashing refuses to overwrite them). Returns the
     metrics dict (per model: full-test metrics, under ``configs`` the settings)."""
     from . import data, hashing, threads
@@ -174,8 +319,12 @@ def pretrain(data_dir: str | os.PathLike, out: str | os.PathLike, cfg: HashConfi
     if retrieval_cfg is not None and not retrieval_cfg.model == "hash":
         raise StageError("retrieval_cfg must configure a hash model (model='hash'): retrieval needs binary codes")
     mfile = out_p / "metrics.json"
+    fingerprint = _data_fingerprint(data_dir)
     results: dict = json.loads(mfile.read_text()) if mfile.is_file() else {}
     done_cfgs = results.get("configs") or {}
+    if results.get("data") and fingerprint and results["data"] != fingerprint:
+        raise _refuse(out_p, "hash models", ["data: another prepared dataset"],
+                      "use another --out or delete the folder")
     todo = []
     for name, c in asked.items():
         if c is None:
@@ -183,10 +332,12 @@ def pretrain(data_dir: str | os.PathLike, out: str | os.PathLike, cfg: HashConfi
         want, old = dataclasses.asdict(c), _normal_config(done_cfgs.get(name), mfile)
         book = PRETRAIN_MODELS[name]
         finished = results.get(name) is not None and (book is None or (out_p / book).is_file())
-        if old is not None and finished and not _same(old, want):
-            changed = sorted(k for k in want if old.get(k) != want[k])
-            raise StageError(f"{out_p} holds a {name} model trained with other settings ({', '.join(changed)}); "
-                             "use another --out or delete the folder")
+        if old is not None and finished:
+            diffs = _differences(old, want, legacy_ok=False)
+            if diffs:
+                raise _refuse(out_p, f"a {name} model", diffs, "use another --out or delete the folder")
+            if book is not None:
+                _check_codebook_matches(out_p, book, results, name)
         if not finished:
             todo.append(name)
     if not todo:
@@ -195,6 +346,7 @@ def pretrain(data_dir: str | os.PathLike, out: str | os.PathLike, cfg: HashConfi
         return results
     prep = data.load_prepared(data_dir)
     results.setdefault("configs", {})
+    results["data"] = fingerprint
     with threads.stage("hash"):
         te = hashing.SplitTensors.of(prep, "test")
         for name in todo:
@@ -206,6 +358,9 @@ def pretrain(data_dir: str | os.PathLike, out: str | os.PathLike, cfg: HashConfi
                 log(f"pretrain: train the {what} (objective {c.objective}, d={c.d}, lr={c.lr}, "
                     f"wd={c.weight_decay}, at most {c.max_epochs} epochs)")
             res = hashing.train(prep, c, out_p / name, resume=resume, progress=progress)
+            if res.best_epoch < 0:  # no epoch had a defined valid AUC: no model was ever selected
+                raise StageError(f"pretrain: the {name} model's valid AUC was undefined in every epoch (a valid "
+                                 f"split with one label?); check the prepared dataset {data_dir}")
             m = hashing.evaluate(res.model, te)
             m.update(best_epoch=res.best_epoch, epochs=res.epochs_run, valid_auc=res.best_valid_auc,
                      seconds=res.seconds, seconds_per_epoch=res.seconds / max(res.epochs_run, 1),
@@ -223,10 +378,29 @@ def pretrain(data_dir: str | os.PathLike, out: str | os.PathLike, cfg: HashConfi
                         m[f"{side}_{k}"] = v
                 cb.metrics = m
                 cb.save(out_p / book)
+                results.setdefault("checksums", {})[book] = cb.checksum
+                if name == "hash":
+                    results["codebook_checksum"] = cb.checksum  # the key binllm 0.2 folders have
             results[name] = m
             results["configs"][name] = dataclasses.asdict(c)
             atomic_write_json(mfile, results)  # after each model: an interruption keeps the finished ones
     return results
+
+
+def _check_codebook_matches(out: Path, book: str, done: dict, name: str) -> None:
+    """A finished pretrain folder's code book `book` must be the one its metrics.json describes."""
+    from .codebook import CodeBook
+
+    f = out / book
+    if not f.is_file():
+        raise StageError(f"{out} has metrics.json but no {book}; delete the folder and pretrain again")
+    cb = CodeBook.load(f)
+    cfg = (done.get("configs") or {}).get(name) or {}
+    recorded = (done.get("checksums") or {}).get(book) or (done.get("codebook_checksum") if name == "hash" else None)
+    want_d = cfg.get("d", cb.d) + (cb.config.get("prior_bits", 0) if cfg.get("objective", "bce") != "bce" else 0)
+    if cb.d != want_d or (recorded and recorded != cb.checksum):
+        raise StageError(f"{out}: {book} (d={cb.d}) is not the code book metrics.json describes "
+                         f"(d={cfg.get('d')}); delete the folder and pretrain again")
 
 
 # ---------------------------------------------------------------------------- tune
@@ -266,6 +440,51 @@ def _load_codebook(path: str | os.PathLike | None, prep: Prepared, needed: bool)
     return cb
 
 
+def _tune_settings(data_dir: str | os.PathLike, prompt: PromptConfig, cfg: TuneConfig,
+                   codebook: str | os.PathLike | None, model: str, init_adapter: str | os.PathLike | None,
+                   train_rows: int | None, valid_rows: int | None, seed: int, max_length: int) -> dict:
+    """What an adapter (and its checkpoints) is tuned from, as recorded and compared on reuse."""
+    from .codebook import CodeBook
+
+    return {"prompt": dataclasses.asdict(prompt), "tune_config": dataclasses.asdict(cfg), "model": _model_id(model),
+            "data": _data_fingerprint(data_dir),
+            "codebook_checksum": CodeBook.load(codebook).checksum if codebook is not None else None,
+            "init_adapter": _adapter_fingerprint(init_adapter), "train_rows": train_rows, "valid_rows": valid_rows,
+            "seed": seed, "max_length": max_length}
+
+
+CHECKPOINT_SETTINGS = "binllm-settings.json"
+
+
+def _check_tune_reuse(out: Path, settings: dict) -> bool:
+    """True when `out` holds a final adapter of these settings; raises when it holds an adapter or
+    Trainer checkpoints of other settings (resuming those would mix two trainings)."""
+    how = "use another --out, or delete it to tune again"
+    info_file = out / "adapter" / "binllm.json"
+    if info_file.is_file():
+        info = json.loads(info_file.read_text())
+        old = info.get("meta", {}).get("settings")
+        if old is None:  # an adapter of an older binllm: what its binllm.json always held
+            old = {"prompt": info.get("meta", {}).get("prompt"), "tune_config": info.get("tune_config"),
+                   "max_length": info.get("meta", {}).get("max_length"), "seed": info.get("meta", {}).get("seed")}
+        diffs = _differences(old, settings)
+        if diffs:
+            raise _refuse(out, "an adapter", diffs, how)
+        return True
+    ckpt = out / "checkpoints"
+    if ckpt.is_dir() and any(p.name.startswith("checkpoint-") for p in ckpt.iterdir()):
+        f = ckpt / CHECKPOINT_SETTINGS
+        if not f.is_file():
+            raise StageError(f"{ckpt} holds Trainer checkpoints without recorded settings (an older binllm); "
+                             "delete that folder to tune again")
+        diffs = _differences(json.loads(f.read_text()), settings, legacy_ok=False)
+        if diffs:
+            raise _refuse(ckpt, "Trainer checkpoints", diffs,
+                          f"rerun with the same settings to resume, or delete {ckpt} to start again")
+    return False
+
+
+@locks.holding("out")
 def tune(data_dir: str | os.PathLike, out: str | os.PathLike, prompt: PromptConfig, cfg: TuneConfig,
          codebook: str | os.PathLike | None = None, model: str = "smollm2", device: str = "auto",
          dtype: str = "auto", init_adapter: str | os.PathLike | None = None, train_rows: int | None = None,
@@ -273,8 +492,11 @@ def tune(data_dir: str | os.PathLike, out: str | os.PathLike, prompt: PromptConf
     """One LoRA tuning step: prompts of `prompt` kind on a sample of train rows,
     model selection on a sample of valid_small rows; writes ``out/adapter``.
 
-    Skipped when ``out/adapter/binllm.json`` exists (the adapter is final);
-    resumes from the last Trainer checkpoint in ``out/checkpoints``. For two-step
+    Skipped when ``out/adapter/binllm.json`` exists (the adapter is final) and records
+    these settings (prompt, TuneConfig, model, data, code book checksum, init adapter,
+    samples, max_length); resumes from the last Trainer checkpoint in
+    ``out/checkpoints`` when those were made with these settings. Other settings
+    are an error naming what differs. For two-step
     tuning, give the first step's adapter as `init_adapter`. Under ``torchrun`` /
     ``accelerate launch`` every process runs this function and the Trainer does
     DDP (or FSDP / DeepSpeed from the accelerate config); rank 0 writes."""
@@ -282,12 +504,17 @@ def tune(data_dir: str | os.PathLike, out: str | os.PathLike, prompt: PromptConf
 
     out_p = Path(out)
     info_file = out_p / "adapter" / "binllm.json"
-    if info_file.is_file():
+    if init_adapter is not None and not (Path(init_adapter) / "adapter_config.json").is_file():
+        raise StageError(f"init_adapter {init_adapter} is not a LoRA adapter folder (no adapter_config.json)")
+    settings = _tune_settings(data_dir, prompt, cfg, codebook, model, init_adapter, train_rows, valid_rows, seed,
+                              max_length)
+    if _check_tune_reuse(out_p, settings):
         if progress:
             log(f"tune: {out_p / 'adapter'} is final, skipped")
         return out_p / "adapter"
-    if init_adapter is not None and not (Path(init_adapter) / "adapter_config.json").is_file():
-        raise StageError(f"init_adapter {init_adapter} is not a LoRA adapter folder (no adapter_config.json)")
+    rank, _ = _dist()
+    if rank == 0:  # beside the checkpoints, so a resume can tell they were made with these settings
+        atomic_write_json(out_p / "checkpoints" / CHECKPOINT_SETTINGS, settings)
     prep = data.load_prepared(data_dir)
     cb = _load_codebook(codebook, prep, prompt.uses_codes)
     dev = scoring.resolve_device(device)
@@ -308,7 +535,7 @@ def tune(data_dir: str | os.PathLike, out: str | os.PathLike, prompt: PromptConf
                 "codebook_fingerprint": cb.fingerprint if cb is not None else None,
                 "train_rows": len(samples["train"]), "valid_rows": len(samples["valid"]),
                 "max_length": max_length, "seed": seed,
-                "mean_prompt_tokens": float(np.mean([len(x) for x in sets["train"].ids]))}
+                "mean_prompt_tokens": float(np.mean([len(x) for x in sets["train"].ids])), "settings": settings}
         if progress:
             log(f"tune: {cfg.max_steps} steps at lr {cfg.lr}, batch {cfg.batch_size}, "
                 f"{len(samples['train'])} train / {len(samples['valid'])} valid prompts "
@@ -316,7 +543,6 @@ def tune(data_dir: str | os.PathLike, out: str | os.PathLike, prompt: PromptConf
         meta["bf16"] = bf16
         res = tuning.tune(base, tok, sets["train"], sets["valid"], cfg, out_p, init_adapter=init_adapter, meta=meta,
                           progress=progress, use_cpu=not use_cuda, bf16=bf16)
-    rank, _ = _dist()
     if rank == 0 and (out_p / "checkpoints").is_dir() and info_file.is_file():
         shutil.rmtree(out_p / "checkpoints", ignore_errors=True)  # the adapter is final; checkpoints only resume
     return res.adapter_dir
@@ -327,15 +553,25 @@ def tune(data_dir: str | os.PathLike, out: str | os.PathLike, prompt: PromptConf
 
 def read_scores(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict]:
     """(rows, scores, meta) of a score file written by :func:`score`."""
+    import zipfile
+
     p = Path(path)
     if not p.is_file():
         raise StageError(f"score file not found: {p}")
+    if not zipfile.is_zipfile(p):  # numpy would try it as a pickle and advise loading it "unsafely"
+        raise StageError(f"{p} is not a binllm score file (not a numpy .npz archive)")
     try:
         with np.load(p, allow_pickle=False) as z:
             rows, scores, meta = z["rows"], z["scores"], json.loads(str(z["meta"]))
-    except (OSError, KeyError, ValueError) as e:
-        raise StageError(f"{p} is not a binllm score file ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
-                         ) from None
+    except KeyError as e:
+        raise StageError(f"{p} is not a binllm score file (no {e} array)") from None
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "pickle" in first:  # an object array: numpy's message advises allow_pickle, never to be followed
+            first = "it holds an object (pickled) array"
+        raise StageError(f"{p} is not a binllm score file ({first})") from None
+    if not isinstance(meta, dict):
+        raise StageError(f"{p} is not a binllm score file (its meta is not a JSON object)")
     if rows.ndim != 1 or rows.shape != scores.shape:
         raise StageError(f"{p}: rows and scores must be 1-D arrays of one length")
     return rows.astype(np.int64), scores.astype(np.float32), meta
@@ -388,17 +624,58 @@ def baseline_scores(prep: Prepared, method: str, rows: np.ndarray, codebook: str
     raise StageError(f"method must be one of {SCORE_METHODS}; got {method!r}")
 
 
+def _score_settings(prep: Prepared, data_dir: str | os.PathLike, method: str, split: str, rows: int | None,
+                    seed: int, model: str, adapter: str | os.PathLike | None, codebook: str | os.PathLike | None,
+                    hash_dir: str | os.PathLike | None, prompt: PromptConfig | None, max_length: int) -> dict:
+    """What a score file is computed from (its meta "settings"), as compared on reuse: the method,
+    the sample, the data fingerprint and per method the code book checksum, the MF checkpoint's
+    sha256, or the model, adapter weights' sha256, prompt and max_length."""
+    from .codebook import CodeBook
+
+    out: dict[str, object] = {"method": method, "split": split, "rows": rows, "seed": seed,
+                              "data": _data_fingerprint(data_dir)}
+    if method == "llm":
+        pc, codebook, model, max_length, _ = _llm_inputs(prep, adapter, codebook, model, prompt, max_length)
+        out.update(model=_model_id(model), adapter=_adapter_fingerprint(adapter), prompt=dataclasses.asdict(pc),
+                   max_length=max_length)
+        if not pc.uses_codes:
+            codebook = None
+    if method in ("llm", "binmf"):
+        out["codebook_checksum"] = CodeBook.load(codebook).checksum if codebook is not None else None
+    if method == "mf" and hash_dir is not None and (Path(hash_dir) / "mf" / "checkpoint.pt").is_file():
+        out["mf_checkpoint"] = sha256_file(Path(hash_dir) / "mf" / "checkpoint.pt")
+    return out
+
+
+def _check_score_reuse(out: Path, r: np.ndarray, want: dict) -> np.ndarray:
+    """The scores in `out` when they are of these rows and settings; raises otherwise."""
+    done_rows, done, meta = read_scores(out)
+    how = "use another --out, or --overwrite to score again"
+    # files of an older binllm record no settings: their method (and adapter path) is what they say
+    old = meta.get("settings") or {"method": meta.get("method")}
+    diffs = _differences(old, want)
+    if diffs:
+        what = "scores of another method" if "method" in {d.split(":")[0] for d in diffs} else "scores"
+        raise _refuse(out, what, diffs, how)
+    if not np.array_equal(done_rows, r):
+        raise StageError(f"{out} holds scores of other rows; {how}")
+    return done
+
+
+@locks.holding("out")
 def score(data_dir: str | os.PathLike, out: str | os.PathLike, method: str = "llm", split: str = "test",
           rows: int | None = None, seed: int = 0, model: str = "smollm2", adapter: str | os.PathLike | None = None,
           codebook: str | os.PathLike | None = None, hash_dir: str | os.PathLike | None = None,
           prompt: PromptConfig | None = None, device: str = "auto", dtype: str = "auto", batch_size: int = 16,
-          max_length: int = 1024, progress: bool = True) -> np.ndarray | None:
+          max_length: int = 1024, progress: bool = True, overwrite: bool = False) -> np.ndarray | None:
     """Scores a split (or a sample of `rows` rows of it) and writes the score file `out`.
 
     `method` 'llm' scores Yes/No prompts with `model` (+ `adapter`: its prompt
     settings and code book are read from the adapter's binllm.json; without an
     adapter `prompt` gives them, zero-shot); 'binmf', 'mf', 'popularity' see
-    :func:`baseline_scores`. Skipped when `out` exists for the same rows. Under
+    :func:`baseline_scores`. Skipped when `out` holds scores of the same rows and
+    settings (see :func:`_score_settings`; other ones are an error unless
+    `overwrite`, which scores again). Under
     ``torchrun`` each rank scores an interleaved share of the rows and rank 0
     gathers and writes; returns the scores on rank 0 and None elsewhere."""
     from . import data
@@ -411,19 +688,22 @@ def score(data_dir: str | os.PathLike, out: str | os.PathLike, method: str = "ll
     prep = data.load_prepared(data_dir)
     r = sample_rows(prep, split, rows, seed)
     rank, world = _dist()
-    if out_p.is_file():
-        done_rows, done, _ = read_scores(out_p)
-        if np.array_equal(done_rows, r):
-            if progress and rank == 0:
-                log(f"score: {out_p} exists for these {len(r)} rows, skipped")
-            return done if rank == 0 else None
-        raise StageError(f"{out_p} holds scores of other rows; use another output file or delete it")
-    meta: dict[str, object] = {"method": method, "split": split, "rows": rows, "seed": seed, "data": str(data_dir)}
+    settings = _score_settings(prep, data_dir, method, split, rows, seed, model, adapter, codebook, hash_dir, prompt,
+                               max_length)
+    if out_p.is_file() and not overwrite:
+        done = _check_score_reuse(out_p, r, settings)
+        if progress and rank == 0:
+            log(f"score: {out_p} holds these {len(r)} scores, skipped")
+        return done if rank == 0 else None
+    meta: dict[str, object] = {"method": method, "split": split, "rows": rows, "seed": seed, "data": str(data_dir),
+                               "settings": settings}
     if method != "llm":
         s = baseline_scores(prep, method, r, codebook, hash_dir)
         meta.update(codebook=str(codebook) if codebook else None, hash_dir=str(hash_dir) if hash_dir else None)
         if rank == 0:
             write_scores(out_p, r, s, meta)
+            if progress:
+                log(f"score: wrote {len(r)} {method} scores to {out_p}")
         return s if rank == 0 else None
     s_all = _score_llm(prep, r, model, adapter, codebook, prompt, device, dtype, batch_size, max_length, progress,
                        meta)
@@ -435,28 +715,36 @@ def score(data_dir: str | os.PathLike, out: str | os.PathLike, method: str = "ll
     return s_all
 
 
+def _llm_inputs(prep: Prepared, adapter: str | os.PathLike | None, codebook: str | os.PathLike | None, model: str,
+                prompt: PromptConfig | None, max_length: int
+                ) -> tuple[PromptConfig, str | os.PathLike | None, str, int, str | None]:
+    """(prompt config, code book, model, max_length, the code book's dataset fingerprint the adapter
+    wants) of LLM scoring: an adapter's binllm.json fills in what the call leaves at its default."""
+    from . import scoring
+    from .prompts import PromptConfig
+
+    if adapter is None:
+        return (prompt if prompt is not None else PromptConfig(kind="text", domain=prep.domain)), codebook, model, \
+            max_length, None
+    info_file = Path(adapter) / "binllm.json"
+    if not info_file.is_file():
+        raise StageError(f"adapter {adapter} has no binllm.json: not an adapter written by binllm tune")
+    info = json.loads(info_file.read_text())["meta"]
+    pc = PromptConfig(**info["prompt"]) if prompt is None else prompt
+    if codebook is None and info.get("codebook"):
+        codebook = info["codebook"]
+    if model == scoring.DEFAULT_MODEL and info.get("model"):
+        model = info["model"]
+    return pc, codebook, model, int(info.get("max_length", max_length)), info.get("codebook_fingerprint")
+
+
 def _score_llm(prep: Prepared, r: np.ndarray, model: str, adapter: str | os.PathLike | None,
                codebook: str | os.PathLike | None, prompt: PromptConfig | None, device: str, dtype: str,
                batch_size: int, max_length: int, progress: bool, meta: dict) -> np.ndarray | None:
     from . import scoring, threads
-    from .prompts import PromptConfig
 
     rank, world = _dist()
-    if adapter is not None:
-        info_file = Path(adapter) / "binllm.json"
-        if not info_file.is_file():
-            raise StageError(f"adapter {adapter} has no binllm.json: not an adapter written by binllm tune")
-        info = json.loads(info_file.read_text())["meta"]
-        want_fingerprint = info.get("codebook_fingerprint")
-        pc = PromptConfig(**info["prompt"]) if prompt is None else prompt
-        if codebook is None and info.get("codebook"):
-            codebook = info["codebook"]
-        if model == scoring.DEFAULT_MODEL and info.get("model"):
-            model = info["model"]
-        max_length = int(info.get("max_length", max_length))
-    else:
-        want_fingerprint = None
-        pc = prompt if prompt is not None else PromptConfig(kind="text", domain=prep.domain)
+    pc, codebook, model, max_length, want_fingerprint = _llm_inputs(prep, adapter, codebook, model, prompt, max_length)
     cb = _load_codebook(codebook, prep, pc.uses_codes)
     if cb is not None and want_fingerprint and want_fingerprint != cb.fingerprint:
         raise StageError(f"code book {codebook} is not the one adapter {adapter} was tuned with")

@@ -44,7 +44,7 @@ def to_bits(codes: ArrayT, d: int, out: Literal["buffer"]) -> TextBuffer: ...
 def to_bits(codes: ArrayT, d: int, out: TextOut) -> Texts: ...
 def to_bits(codes: ArrayT, d: int, out: TextOut = "list") -> Texts:
     """Bit strings of packed codes (n, ceil(d/8)): d characters each."""
-    return _core.format_bits(_host_codes(codes), d, out)
+    return _core.format_bits(_host_codes(codes), _backend.whole("d", d), out)
 
 
 @overload
@@ -57,17 +57,17 @@ def to_dotted(codes: ArrayT, d: int, out: Literal["buffer"]) -> TextBuffer: ...
 def to_dotted(codes: ArrayT, d: int, out: TextOut) -> Texts: ...
 def to_dotted(codes: ArrayT, d: int, out: TextOut = "list") -> Texts:
     """Dotted-decimal strings of packed codes (n, ceil(d/8)): ceil(d/8) numbers each."""
-    return _core.format_dotted(_host_codes(codes), d, out)
+    return _core.format_dotted(_host_codes(codes), _backend.whole("d", d), out)
 
 
 def from_bits(texts: Sequence[str] | Sequence[bytes] | np.ndarray, d: int) -> np.ndarray:
     """Parses bit strings (list of str/bytes, or numpy 'S'/'U' array) into uint8 (n, ceil(d/8))."""
-    return _core.parse_bits(texts, d)
+    return _core.parse_bits(texts, _backend.whole("d", d))
 
 
 def from_dotted(texts: Sequence[str] | Sequence[bytes] | np.ndarray, d: int) -> np.ndarray:
     """Parses dotted-decimal strings into uint8 (n, ceil(d/8))."""
-    return _core.parse_dotted(texts, d)
+    return _core.parse_dotted(texts, _backend.whole("d", d))
 
 
 @overload

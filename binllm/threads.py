@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import threading
 import warnings
@@ -93,16 +94,63 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def hardware_threads() -> int:
+    """Hardware threads of the machine, as the C++ core counts them (``std::thread::hardware_concurrency``)."""
+    return max(1, min(os.cpu_count() or 1, 1 << 16))
+
+
+def max_threads() -> int:
+    """The cap of every thread count binllm sets: 4 x the hardware threads (the core's cap too).
+    More threads than that only cost memory and start-up time."""
+    return 4 * hardware_threads()
+
+
+def parse_count(name: str, raw: str, fallback: str) -> tuple[int | None, str | None]:
+    """A thread count from the text of variable or argument `name`, exactly as the C++ core parses
+    ``BINLLM_NUM_THREADS``: decimal digits only (no sign, no spaces), at least 1; above
+    :func:`max_threads` it is capped. Returns (count or None when invalid, the problem in words or
+    None); `fallback` names what is used instead of an invalid value in that message."""
+    if re.fullmatch(r"[0-9]+", raw) and 1 <= int(raw) < 2**63:  # the core's strtoll overflows past int64
+        v = int(raw)
+        if v <= max_threads():
+            return v, None
+        return max_threads(), f"{name}={raw!r} is more than 4 x the hardware threads; using {max_threads()}"
+    return None, f"{name}={raw!r} is not a positive whole number; using {fallback}"
+
+
+def _env_count(name: str) -> int | None:
+    """The count of a thread variable the user set (:func:`parse_count`), else None (unset or invalid)."""
+    raw = os.environ.get(name, "")
+    return parse_count(name, raw, "the default")[0] if raw else None
+
+
 def _env_int(name: str) -> int | None:
-    """A positive integer from an environment variable the user set, else None."""
+    """A positive integer from a variable of another library (OMP_NUM_THREADS): torch and OpenMP
+    ignore a malformed value, and so does binllm; capped at :func:`max_threads`."""
     raw = os.environ.get(name, "").strip()
-    if not raw:
-        return None
     try:
         v = int(raw)
     except ValueError:
-        return None  # torch / the C++ core ignore a malformed value too; we follow them
-    return v if v > 0 else None
+        return None
+    return min(v, max_threads()) if v > 0 else None
+
+
+def env_problems() -> list[str]:
+    """Problems with the thread variables parsed here (``BINLLM_STAGE_THREADS``, ``BINLLM_CPU_SHARED``),
+    one line each naming the variable and the fallback used; ``BINLLM_NUM_THREADS`` is parsed the same
+    way (:func:`parse_count`) and reported by the C++ core."""
+    out = []
+    raw = os.environ.get(ENV_VAR)
+    if raw is not None:
+        try:
+            _, capped = _parse_spec(raw, ENV_VAR)
+            out += capped
+        except ValueError as e:
+            out.append(f"{e}; using the defaults")
+    shared = _startup.get("inherited", os.environ.get(SHARED_ENV))  # configure_openmp overwrites the variable
+    if shared is not None and shared not in ("0", "1"):
+        out.append(f"{SHARED_ENV}={shared!r} is not 0 or 1; measuring the CPU load instead")
+    return out
 
 
 def defaults() -> dict[str, int]:
@@ -120,27 +168,35 @@ def defaults() -> dict[str, int]:
         "hash": 1 if _cpu_shared() else (_env_int("OMP_NUM_THREADS") or cores),
         "data": 1,
         "llm": _env_int("OMP_NUM_THREADS") or cores,
-        "kernels": _env_int("BINLLM_NUM_THREADS") or cores,
+        "kernels": _env_count("BINLLM_NUM_THREADS") or cores,
     }
 
 
 def parse_spec(spec: str, source: str = "spec") -> dict[str, int]:
-    """Parses ``"n"`` or ``"kind=n,kind=n"`` into ``{kind: n}``.
+    """Parses ``"n"`` or ``"kind=n,kind=n"`` into ``{kind: n}``; a count above
+    :func:`max_threads` is capped at it.
 
     Args:
         spec: the text to parse.
         source: the name shown in errors (the argument or variable it came from).
     Raises:
-        ValueError: empty text, an unknown or repeated kind, or a count that is not an integer >= 1.
+        ValueError: empty text, an unknown or repeated kind, or a count that is not a whole number >= 1.
     """
+    return _parse_spec(spec, source)[0]
+
+
+def _parse_spec(spec: str, source: str) -> tuple[dict[str, int], list[str]]:
+    """:func:`parse_spec` and the warnings for capped counts."""
     if not isinstance(spec, str):
         raise TypeError(f"{source} must be a str like 'hash=1,llm=2' or '2'; got {type(spec).__name__}")
     text = spec.strip()
-    expected = f"an integer >= 1 or kind=n pairs like 'hash=1,llm=2' with kinds {', '.join(KINDS)}"
+    expected = f"a whole number >= 1 or kind=n pairs like 'hash=1,llm=2' with kinds {', '.join(KINDS)}"
     if not text:
-        raise ValueError(f"{source} is empty; expected {expected}")
+        raise ValueError(f"{source}={spec!r} is empty; expected {expected}")
+    capped: list[str] = []
     if "=" not in text:
-        return {k: _count(text, source, expected) for k in KINDS}
+        n = _count(text, source, expected, spec, capped)
+        return {k: n for k in KINDS}, capped
     out: dict[str, int] = {}
     for part in text.split(","):
         kind, sep, value = part.partition("=")
@@ -149,16 +205,18 @@ def parse_spec(spec: str, source: str = "spec") -> dict[str, int]:
             raise ValueError(f"{source}={spec!r}: {part.strip()!r} is not kind=n; expected {expected}")
         if kind in out:
             raise ValueError(f"{source}={spec!r}: kind {kind!r} is given twice")
-        out[kind] = _count(value, source, expected, spec)
-    return out
+        out[kind] = _count(value, source, expected, spec, capped)
+    return out, capped
 
 
-def _count(value: str, source: str, expected: str, spec: str | None = None) -> int:
+def _count(value: str, source: str, expected: str, spec: str, capped: list[str]) -> int:
     v = value.strip()
-    shown = spec if spec is not None else value
-    if not v.isdigit() or int(v) < 1:
-        raise ValueError(f"{source}={shown!r}: {v!r} is not a thread count; expected {expected}")
-    return int(v)
+    n, problem = parse_count(source, v, "")
+    if n is None:
+        raise ValueError(f"{source}={spec!r}: {v!r} is not a thread count; expected {expected}")
+    if problem:
+        capped.append(problem.replace(f"{source}={v!r}", f"{source}={spec!r}: {v}"))
+    return n
 
 
 def set_override(spec: str | None) -> None:
@@ -171,19 +229,26 @@ def set_override(spec: str | None) -> None:
     if spec is None or (isinstance(spec, str) and not spec.strip()):
         _override, _override_spec = {}, None
         return
-    _override, _override_spec = parse_spec(spec, "--threads"), spec
+    parsed, capped = _parse_spec(spec, "--threads")
+    for problem in capped:
+        warnings.warn(problem, RuntimeWarning, stacklevel=2)
+    _override, _override_spec = parsed, spec
 
 
 def plan() -> dict[str, int]:
     """Thread count per stage kind after overrides (for ``binllm doctor`` and :func:`stage`).
 
-    Raises:
-        ValueError: ``BINLLM_STAGE_THREADS`` is set but does not parse; the message names it.
+    A ``BINLLM_STAGE_THREADS`` that does not parse is ignored (the defaults apply): like every
+    binllm variable it gives a warning at ``import binllm`` and is listed by ``binllm doctor``
+    (:func:`env_problems`).
     """
     p = defaults()
     env = os.environ.get(ENV_VAR)
     if env is not None:
-        p.update(parse_spec(env, ENV_VAR))
+        try:
+            p.update(parse_spec(env, ENV_VAR))
+        except ValueError:
+            pass  # reported by env_problems(), at import and by doctor
     p.update(_override)
     return p
 
@@ -247,6 +312,9 @@ def configure_openmp(window_s: float = 0.25) -> bool:
     if "shared" in _startup:
         return in_time
     inherited = os.environ.get(SHARED_ENV)
+    _startup["inherited"] = inherited
+    if inherited not in ("0", "1"):
+        inherited = None  # a bad value: reported by env_problems(), the load is measured instead
     if inherited in ("0", "1"):
         shared, busy, reason = inherited == "1", None, f"{SHARED_ENV}={inherited} (from the parent process)"
     elif int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1) > 1:
@@ -302,7 +370,7 @@ def stage(kind: str) -> Iterator[int]:
     leave the C++ kernels at their ``kernels`` count. Yields the stage's count.
 
     Raises:
-        ValueError: `kind` is not one of :data:`KINDS`, or ``BINLLM_STAGE_THREADS`` is malformed.
+        ValueError: `kind` is not one of :data:`KINDS`.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")

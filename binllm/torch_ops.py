@@ -47,6 +47,7 @@ from typing import cast
 import torch
 
 from . import codes as _codes
+from ._backend import whole as _whole
 from ._types import OutDtype, UnpackDtype
 
 __all__ = ["dot_all", "hamming_all", "pack_signs", "sign_ste", "topk", "unpack_signs"]
@@ -150,15 +151,26 @@ def _unpack_signs_fake(codes: torch.Tensor, d: int, dtype: str) -> torch.Tensor:
     return codes.new_empty((codes.shape[0], d), dtype=_UNPACK[dtype])
 
 
-def unpack_signs(codes: torch.Tensor, d: int, dtype: str = "float32") -> torch.Tensor:
+def unpack_signs(codes: torch.Tensor, d: int, dtype: str | torch.dtype = "float32") -> torch.Tensor:
     """Unpacks codes to +-1 (op ``binllm::unpack_signs``).
 
     Args:
-        codes: uint8 (n, ceil(d/8)); d: dimensions; dtype: 'float32', 'float64' (CPU), 'float16', 'bfloat16', 'int8'.
+        codes: uint8 (n, ceil(d/8)); d: dimensions; dtype: 'float32', 'float64' (CPU), 'float16', 'bfloat16',
+            'int8', or the torch dtype of one of them (``torch.float32``).
     Returns:
         (n, d) tensor of +1/-1 in `dtype` on codes' device.
+    Raises:
+        TypeError: `dtype` is neither one of those names nor one of those torch dtypes; `d` is not an integer.
     """
-    return torch.ops.binllm.unpack_signs.default(_require_tensor("codes", codes), d, dtype)
+    if isinstance(dtype, torch.dtype):
+        names = {t: n for n, t in _UNPACK.items()}
+        if dtype not in names:
+            raise TypeError(f"dtype must be one of {', '.join(_UNPACK)} or their torch dtypes; got {dtype}")
+        dtype = names[dtype]
+    elif not isinstance(dtype, str):
+        raise TypeError(f"dtype must be one of {', '.join(_UNPACK)} or their torch dtypes; got "
+                        f"{type(dtype).__name__} {dtype!r}")
+    return torch.ops.binllm.unpack_signs.default(_require_tensor("codes", codes), _whole("d", d), dtype)
 
 
 # --------------------------------------------------------- dot_all / hamming_all
@@ -195,12 +207,13 @@ def dot_all(a: torch.Tensor, b: torch.Tensor, d: int, out_dtype: str = "int32") 
     Returns:
         (n, m) tensor of `out_dtype`, entries in [-d, d]. (No ``out=``: custom ops here do not mutate.)
     """
-    return torch.ops.binllm.dot_all.default(_require_tensor("a", a), _require_tensor("b", b), d, out_dtype)
+    return torch.ops.binllm.dot_all.default(_require_tensor("a", a), _require_tensor("b", b), _whole("d", d), out_dtype)
 
 
 def hamming_all(a: torch.Tensor, b: torch.Tensor, d: int, out_dtype: str = "int32") -> torch.Tensor:
     """Hamming distances of all pairs (op ``binllm::hamming_all``): (n, m) `out_dtype` in [0, d]; args as dot_all."""
-    return torch.ops.binllm.hamming_all.default(_require_tensor("a", a), _require_tensor("b", b), d, out_dtype)
+    return torch.ops.binllm.hamming_all.default(_require_tensor("a", a), _require_tensor("b", b), _whole("d", d),
+                                                out_dtype)
 
 
 # ------------------------------------------------------------------------ topk
@@ -234,7 +247,8 @@ def topk(queries: torch.Tensor, items: torch.Tensor, d: int, k: int) -> tuple[to
     Returns:
         (scores int32 (n, k), indices int64 (n, k)), best first, ties to the lower item index.
     """
-    return torch.ops.binllm.topk.default(_require_tensor("queries", queries), _require_tensor("items", items), d, k)
+    return torch.ops.binllm.topk.default(_require_tensor("queries", queries), _require_tensor("items", items),
+                                         _whole("d", d), _whole("k", k))
 
 
 # -------------------------------------------------------------------- sign_ste

@@ -40,13 +40,17 @@ class TuneConfig:
     """LoRA and optimisation settings.
 
     Args:
-        lora_r, lora_alpha, lora_dropout, target_modules: the adapter (reference: 8, 16, 0.05, q_proj+v_proj).
+        lora_r: LoRA rank (reference: 8).
+        lora_alpha: LoRA scaling numerator, alpha / r scales the update (reference: 16).
+        lora_dropout: dropout on the LoRA inputs (reference: 0.05).
+        target_modules: the linear layers that get an adapter (reference: q_proj, v_proj).
         lr: peak learning rate (AdamW, warmup then cosine decay).
         batch_size: prompts per device and step; grad_accum: steps accumulated per update.
         max_steps: optimizer updates at most.
         eval_steps: updates between evaluation rounds on valid_small (and checkpoints).
         patience: evaluation rounds without a better valid AUC before stopping.
-        warmup_steps, weight_decay: AdamW schedule and decay (reference wd 1e-3).
+        warmup_steps: updates of linear learning-rate warmup before the cosine decay.
+        weight_decay: AdamW weight decay (reference: 1e-3).
         loss: 'bce' (on the Yes logit, the reference) or 'ce' (cross-entropy on the answer token).
         eval_batch_size: prompts per forward pass when evaluating.
         group_by_length: draw training batches from prompts of similar length (shuffled groups of
@@ -403,11 +407,25 @@ def tune(base_model: Any, tokenizer: Any, train: PromptSet, valid: PromptSet, cf
                 log(f"tune: step {state.global_step}/{state.max_steps}: valid AUC {metrics.get('eval_auc', 0):.4f} "
                     f"UAUC {metrics.get('eval_uauc', 0):.4f} (best so far {max(best, metrics.get('eval_auc', 0)):.4f})")
 
+    class _LogToFile(TrainerCallback):
+        """The Trainer's metric dicts (loss, grad norm, learning rate every few steps) as JSON lines in
+        ``out_dir/trainer_log.jsonl``, in place of its PrinterCallback, which prints them on stdout.
+        Appended line by line, not written atomically: it is a log, read while tuning runs."""
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
+            if state.is_world_process_zero and logs:
+                out.mkdir(parents=True, exist_ok=True)
+                with open(out / "trainer_log.jsonl", "a", encoding="utf-8") as f:
+                    f.write(json.dumps({"step": state.global_step, **logs}, default=str) + "\n")
+
     trainer = _trainer_class()(
         model=model, args=args, train_dataset=_Rows(train), eval_dataset=_Rows(valid),
         data_collator=_Collator(tokenizer.pad_token_id), compute_metrics=_compute_metrics,
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience), _LogEvaluations()],
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience), _LogEvaluations(), _LogToFile()],
         yes_id=yes_id, no_id=no_id, loss_kind=cfg.loss, shards_ok=shards_ok)
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # its dicts go to trainer_log.jsonl (_LogToFile)
     last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
     trainer.train(resume_from_checkpoint=last)
     history = [h for h in trainer.state.log_history if "eval_auc" in h]

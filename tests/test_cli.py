@@ -145,7 +145,8 @@ def test_pretrain_retrieval_codes_flags(prepared: Path, tmp_path, capsys):
     from binllm.codebook import CodeBook
 
     cb = CodeBook.load(out / "retrieval_codebook.safetensors")
-    assert (cb.d, cb.config["objective"], cb.config["negatives"]) == (24, "softmax", 2)
+    assert (cb.config["learned_bits"], cb.config["objective"], cb.config["negatives"]) == (24, "softmax", 2)
+    assert cb.d == 24 + cb.config["prior_bits"]  # + the popularity-prior bits chosen on valid
 
 
 def test_encode(pretrained: Path, tmp_path):
@@ -223,8 +224,9 @@ def test_run_resumes_and_skips_every_stage(prepared: Path, tiny: Path, tmp_path,
     stamps = {p: p.stat().st_mtime_ns for p in files}
     capsys.readouterr()
     assert run_cli(*argv) == 0
-    out = capsys.readouterr().out
-    assert out.count("skipped") >= 5, out
+    captured = capsys.readouterr()
+    assert captured.err.count("skipped") >= 5, captured.err  # progress lines: the binllm logger, on stderr
+    assert "[binllm" not in captured.out and captured.out.strip().endswith("results.md")  # stdout: results only
     assert {p: p.stat().st_mtime_ns for p in files} == stamps  # nothing was redone
     lists = (tmp_path / "run" / "lists.md").read_text()
     assert "BinMF" in lists and "NDCG" in lists

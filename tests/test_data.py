@@ -155,6 +155,7 @@ def test_amazon_protocol_by_hand(tmp_path):
         review("U3", "A", 5, "2016-12-31"), review("U1", "B", 5, "2018-01-01"),  # other years
         {"reviewerID": "U9", "asin": "A", "unixReviewTime": ts("2017-05-05")},  # no rating -> skipped
         review("U2", "A", 5, "2017-12-10"),
+        review("U1", "C", 2, "2017-12-02"),  # C's second rating: kept; valid gets both labels
     ]
     rp, mp = write_amazon(tmp_path, revs, {"A": "Book A", "B": "Book B", "C": "Book C"})
     ratings = data.read_amazon(rp, mp, year=2017, progress=False)
@@ -163,14 +164,15 @@ def test_amazon_protocol_by_hand(tmp_path):
     prep = data.prepare(ratings, p)
     assert prep.meta["skipped"]["duplicate_rows"] == 1
     r = prep.rows
-    # kept: U1:A(Jan),B(Mar),A(Dec20); U2:A(Feb),B(Dec1),A(Dec10); December by time: B(Dec1), A(Dec10), A(Dec20)
+    # kept: U1:A(Jan),B(Mar),C(Dec2),A(Dec20); U2:A(Feb),C(Jun),B(Dec1),A(Dec10);
+    # December by time: B(Dec1), C(Dec2), A(Dec10), A(Dec20)
     assert prep.user_ids.tolist() == ["", "U1", "U2"]
-    assert r["uid"].tolist() == [1, 1, 1, 2, 2, 2]
-    assert r["label"].tolist() == [1, 0, 1, 0, 1, 1]
-    # first half of December (1 of 3 rows) is valid, the rest test
-    assert r["flag"].tolist() == [-1, -1, 1, -1, 0, 1]
-    assert [h.tolist() for h in prep.history(np.arange(6))] == [[], [1], [1], [], [], [2]]
-    assert prep.titles.tolist() == ["", "Book A", "Book B"]
+    assert r["uid"].tolist() == [1, 1, 1, 1, 2, 2, 2, 2]
+    assert r["label"].tolist() == [1, 0, 0, 1, 0, 1, 1, 1]
+    # first half of December (2 of 4 rows) is valid, the rest test
+    assert r["flag"].tolist() == [-1, -1, 0, 1, -1, -1, 0, 1]
+    assert [h.tolist() for h in prep.history(np.arange(8))] == [[], [1], [1], [1], [], [], [3], [3, 2]]
+    assert prep.titles.tolist() == ["", "Book A", "Book B", "Book C"]
 
 
 def test_amazon_plain_json_and_malformed(tmp_path):
@@ -301,7 +303,7 @@ def test_user_time_split_sizes(n, want):
 def test_ml100k_user_protocol_by_hand():
     rows = [  # user, item, rating, time; given out of time order
         ("2", "A", 4, 40), ("1", "A", 5, 10), ("1", "B", 3, 20), ("2", "B", 4, 10), ("1", "D", 5, 40),
-        ("1", "C", 4, 30), ("2", "C", 2, 20), ("2", "E", 5, 30), ("3", "E", 5, 10), ("3", "A", 1, 20),
+        ("1", "C", 4, 30), ("2", "C", 2, 20), ("2", "E", 2, 30), ("3", "E", 5, 10), ("3", "A", 1, 20),
     ]
     frame = pd.DataFrame(rows, columns=["user", "item", "rating", "timestamp"])
     frame["rating"] = frame["rating"].astype(float)
@@ -311,10 +313,10 @@ def test_ml100k_user_protocol_by_hand():
     assert r["uid"].tolist() == [1, 1, 1, 1, 2, 2, 2, 2, 3, 3]
     assert prep.item_ids.tolist() == ["", "A", "B", "C", "D", "E"]
     assert r["iid"].tolist() == [1, 2, 3, 4, 2, 3, 5, 1, 5, 1]
-    assert r["label"].tolist() == [1, 0, 1, 1, 1, 0, 1, 1, 1, 0]
+    assert r["label"].tolist() == [1, 0, 1, 1, 1, 0, 0, 1, 1, 0]
     # users 1 and 2 (4 ratings): 2 train, 1 valid, 1 test; user 3 (2 ratings): all train
     assert r["flag"].tolist() == [-1, -1, 0, 1, -1, -1, 0, 1, -1, -1]
-    assert [h.tolist() for h in prep.history(np.arange(10))] == [[], [1], [1], [1, 3], [], [2], [2], [2, 5], [],
+    assert [h.tolist() for h in prep.history(np.arange(10))] == [[], [1], [1], [1, 3], [], [2], [2], [2], [],
                                                                  [5]]
     # train items A, B, C, E; D (user 1's test item) is cold
     assert r["not_cold"].tolist() == [True] * 3 + [False] + [True] * 6

@@ -1,4 +1,5 @@
 """Regression tests for the data failures of the reliability review (F10, F11, F13, F14, F15, F21)."""
+import json
 import os
 import pickle
 import stat
@@ -198,7 +199,7 @@ def test_f14_bad_ratings_name_the_row(bad, match):
 
 def test_f14_rating_range_is_a_protocol_setting():
     frame = pd.DataFrame({"user": ["a"] * 8 + ["b"] * 8, "item": [f"i{k % 4}" for k in range(16)],
-                          "rating": [8.0, 2] * 8, "timestamp": np.arange(16) * 1000})
+                          "rating": [8.0, 2] * 4 + [8.0, 2, 8, 2, 8, 2, 2, 8], "timestamp": np.arange(16) * 1000})
     r = data.Ratings(frame, pd.Series({f"i{k}": "t" for k in range(4)}), "hand")
     with pytest.raises(DataError, match="outside the range"):
         data.prepare(r, "ml-100k-user")
@@ -331,5 +332,10 @@ def test_corrupt_prepared_folder_is_a_data_error(tmp_path):
         data.load_prepared(out)
     prep.save(out)
     (out / "rows.parquet").write_bytes(b"PAR1 truncated")
+    with pytest.raises(DataError, match="rows.parquet does not match the sha256 in meta.json"):
+        data.load_prepared(out)
+    meta = json.loads((out / "meta.json").read_text())
+    del meta["checksums"]  # a folder from before checksums were recorded
+    (out / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match="unreadable prepared dataset"):
         data.load_prepared(out)

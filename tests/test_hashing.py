@@ -138,12 +138,19 @@ def test_resuming_a_finished_run_trains_nothing(prep, tmp_path):
     assert again.epochs_run == first.epochs_run and again.history == first.history
 
 
-def test_one_log_line_per_round_without_bar(prep, capsys):
-    hashing.train(prep, small_cfg(max_epochs=3), None, progress=False)
-    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("train hash: epoch")]
+def test_log_lines_without_bar_follow_the_tenth_rule_and_quiet_is_silent(prep, capsys):
+    """Without a bar (stderr is not a terminal here): one line per tenth of max_epochs and the last
+    epoch, through the binllm logger on stderr; progress=False (--quiet) prints no epoch line."""
+    hashing.train(prep, small_cfg(max_epochs=3), None, log=True)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "train hash: epoch" in ln]
     assert len(lines) == 3 and "valid_auc" in lines[0] and "bit_entropy" in lines[0]
-    hashing.train(prep, small_cfg(max_epochs=2), None, progress=False, log=False)
-    assert "train hash" not in capsys.readouterr().err
+    assert lines[0].startswith("[binllm ")
+    hashing.train(prep, small_cfg(max_epochs=25, patience=100), None, progress=True)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "train hash: epoch" in ln]
+    assert [ln.split("epoch ")[1].split("/")[0] for ln in lines] == [str(e) for e in range(2, 26, 2)] + ["25"]
+    hashing.train(prep, small_cfg(max_epochs=2), None, progress=False)
+    out = capsys.readouterr()
+    assert "epoch" not in out.err and "epoch" not in out.out
 
 
 def test_code_stats():

@@ -43,13 +43,18 @@ def test_env_and_override_precedence(monkeypatch):
     assert threads.plan()["hash"] == 2
 
 
-def test_bad_env_names_variable(monkeypatch):
-    monkeypatch.setenv(threads.ENV_VAR, "hash=lots")
-    with pytest.raises(ValueError, match=threads.ENV_VAR):
-        threads.plan()
-    with pytest.raises(ValueError, match=threads.ENV_VAR):
-        with threads.stage("hash"):
-            pass
+@pytest.mark.parametrize("bad", ["hash=lots", "0", "hash=x", " "])
+def test_bad_env_falls_back_and_names_variable(monkeypatch, bad):
+    """A bad BINLLM_STAGE_THREADS is a problem to report (as the README says of every variable), not
+    an error in every stage: the defaults apply and the problem names the variable."""
+    default = threads.plan()
+    monkeypatch.setenv(threads.ENV_VAR, bad)
+    assert threads.plan() == default
+    with threads.stage("hash") as n:
+        assert n == default["hash"]
+    problems = threads.env_problems()
+    assert len(problems) == 1 and problems[0].startswith(f"{threads.ENV_VAR}=") and "using the defaults" in problems[0]
+    assert problems[0] in binllm.build_info()["problems"]
 
 
 def test_bad_override_keeps_previous():

@@ -24,6 +24,10 @@ from .readers import DataError
 FORMAT_VERSION = 1
 SPLITS = {"train": -1, "valid": 0, "test": 1}
 PREPARED_FILES = ("rows.parquet", "items.parquet", "users.parquet", "meta.json")
+# The data files whose sha256 meta.json records ("checksums") and load_prepared compares.
+DATA_FILES = PREPARED_FILES[:3]
+ROW_COLUMNS = ("uid", "iid", "label", "timestamp", "flag", "his_count", "user_train_count", "item_train_count",
+               "not_cold", "valid_small")
 WARM_DEFINITION = "warm = not_cold = user and item both occur in train; cold = the rest"
 # Folders of the prepared kind carry this tag in their binllm output marker (see binllm._io).
 OUTPUT_KIND = "prepared"
@@ -33,11 +37,22 @@ def _file_hash(name: str) -> str | None:
     path = Path(name.split(":", 1)[0]) if not Path(name).exists() else Path(name)
     if not path.is_file():
         return None
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return _io.sha256_file(path)
+
+
+def dataset_fingerprint(checksums: dict[str, str]) -> str:
+    """sha256 over the per-file checksums of a prepared folder: equal iff its data files are equal."""
+    return hashlib.sha256(json.dumps(checksums, sort_keys=True).encode()).hexdigest()
+
+
+def read_fingerprint(path: str | os.PathLike) -> str | None:
+    """The :attr:`Prepared.fingerprint` of a prepared folder from its meta.json alone (no data is
+    read; :func:`load_prepared` checks the files against it); None for a folder without checksums."""
+    try:
+        sums = json.loads((Path(path) / "meta.json").read_text(encoding="utf-8")).get("checksums")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return dataset_fingerprint(sums) if isinstance(sums, dict) and sums else None
 
 
 def _draw_valid_small(flag: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -217,6 +232,51 @@ class Prepared:
                         "record its item domain; pass it explicitly (--domain movie or --domain book)")
 
     @property
+    def fingerprint(self) -> str | None:
+        """sha256 identifying the saved data files (from meta.json's checksums); None before
+        :meth:`save` and for folders written before checksums were recorded."""
+        sums = self.meta.get("checksums")
+        return dataset_fingerprint(sums) if isinstance(sums, dict) and sums else None
+
+    def validate(self, where: str = "prepared dataset") -> None:
+        """Checks value domains and id bounds, so a damaged or hand-edited dataset fails here,
+        not as a wrong title in a prompt or an IndexError deep in a stage.
+
+        Raises:
+            DataError: naming `where`, the column and the first bad value."""
+        r = self.rows
+        missing = [c for c in ROW_COLUMNS if c not in r.columns]
+        if missing:
+            raise DataError(f"{where}: rows lack column(s) {missing}; prepare again")
+
+        def first_bad(col: str, ok: np.ndarray, want: str) -> None:
+            if not ok.all():
+                i = int(np.argmax(~ok))
+                v = r[col].iloc[i]
+                v = v.item() if hasattr(v, "item") else v  # 7, not np.int8(7)
+                raise DataError(f"{where}: {col} of row {i} is {v!r}; expected {want} "
+                                f"({int((~ok).sum())} such row(s)); prepare again")
+
+        first_bad("label", r["label"].isin((0, 1)).to_numpy(), "0 or 1")
+        first_bad("flag", r["flag"].isin((-1, 0, 1)).to_numpy(), "-1 (train), 0 (valid) or 1 (test)")
+        first_bad("uid", r["uid"].between(1, self.n_user_slots - 1).to_numpy(),
+                  f"a user id in 1..{self.n_user_slots - 1}")
+        first_bad("iid", r["iid"].between(1, self.n_item_slots - 1).to_numpy(),
+                  f"an item id in 1..{self.n_item_slots - 1}")
+        first_bad("valid_small", ~r["valid_small"].to_numpy(bool) | (r["flag"].to_numpy() == 0),
+                  "False outside the valid split")
+        off, his = self.his_offsets, self.his_values
+        if (len(off) != len(r) + 1 or (len(off) and (off[0] != 0 or off[-1] != len(his)))
+                or (np.diff(off) < 0).any()):
+            raise DataError(f"{where}: the history offsets do not match the rows; prepare again")
+        bad = (his < 1) | (his >= self.n_item_slots)
+        if bad.any():
+            j = int(np.argmax(bad))
+            row = int(np.searchsorted(off, j, side="right")) - 1
+            raise DataError(f"{where}: history item id {int(his[j])} of row {row} is not an item id in "
+                            f"1..{self.n_item_slots - 1} ({int(bad.sum())} such id(s)); prepare again")
+
+    @property
     def protocol_name(self) -> str:
         """The protocol that made this dataset (``''`` where unknown)."""
         name = self.meta.get("protocol_name")
@@ -251,12 +311,19 @@ class Prepared:
                            tmp / "items.parquet")
             pq.write_table(pa.table({"uid": np.arange(len(self.user_ids), dtype=np.int32),
                                      "user": self.user_ids.astype(str)}), tmp / "users.parquet")
+            self.meta["checksums"] = {f: _file_hash(str(tmp / f)) for f in DATA_FILES}
             (tmp / "meta.json").write_text(json.dumps(self.meta, indent=1, default=str))
         return path
 
 
 def load_prepared(path: str | os.PathLike) -> Prepared:
-    """Reads a folder written by :meth:`Prepared.save` and checks its consistency."""
+    """Reads a folder written by :meth:`Prepared.save` and checks it: each data file against the
+    sha256 that meta.json records (folders from before checksums were recorded skip this), then
+    the value domains and id bounds (:meth:`Prepared.validate`).
+
+    Raises:
+        FileNotFoundError: a file of the format is missing.
+        DataError: an unreadable or damaged file, a checksum mismatch, or a bad value (named)."""
     import pyarrow.parquet as pq
 
     path = Path(path)
@@ -271,6 +338,14 @@ def load_prepared(path: str | os.PathLike) -> Prepared:
         raise DataError(f"{path / 'meta.json'}: expected a JSON object; prepare again")
     if meta.get("format_version") != FORMAT_VERSION:
         raise DataError(f"{path}: format_version {meta.get('format_version')} is not {FORMAT_VERSION}; prepare again")
+    sums = meta.get("checksums")
+    if sums is not None:
+        if not isinstance(sums, dict) or set(sums) != set(DATA_FILES):
+            raise DataError(f"{path / 'meta.json'}: malformed checksums; prepare again")
+        for f in DATA_FILES:
+            if _file_hash(str(path / f)) != sums[f]:
+                raise DataError(f"{path / f} does not match the sha256 in meta.json (changed after it was "
+                                "prepared); prepare again")
     import pyarrow as pa
 
     try:
@@ -285,8 +360,6 @@ def load_prepared(path: str | os.PathLike) -> Prepared:
     except (pa.ArrowException, OSError, KeyError) as e:
         raise DataError(f"{path}: unreadable prepared dataset ({type(e).__name__}: {e}); prepare again") from None
     prep = Prepared(rows, offsets, values, title.to_numpy(object), user.to_numpy(object), item.to_numpy(object), meta)
-    if len(rows) and (rows["uid"].max() >= len(users) or rows["iid"].max() >= len(items) or rows["uid"].min() < 1
-                      or rows["iid"].min() < 1):
-        raise DataError(f"{path}: row ids fall outside the id maps")
+    prep.validate(str(path))
     return prep
 

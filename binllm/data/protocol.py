@@ -264,7 +264,8 @@ def prepare(ratings: Ratings, protocol: Protocol | str) -> Prepared:
 
     Raises:
         DataError: no ratings; a non-finite or out-of-range rating (the row is
-            named); no row in the split periods; an empty train or valid split;
+            named); no row in the split periods; an empty train or valid split, or
+            one whose rows all have one label;
             items without a title while ``missing_titles='error'``.
     """
     if isinstance(protocol, str) and protocol not in PROTOCOLS:
@@ -304,6 +305,12 @@ def prepare(ratings: Ratings, protocol: Protocol | str) -> Prepared:
     icodes, uniq_items = pd.factorize(frame["item"].to_numpy())
     uid, iid = (ucodes + 1).astype(np.int32), (icodes + 1).astype(np.int32)
     label = (frame["rating"].to_numpy() >= p.label_min).astype(np.int8)
+    for name in ("train", "valid"):  # AUC, the training signal and model selection need both labels
+        split_labels = label[flag == SPLITS[name]]
+        if split_labels.min() == split_labels.max():
+            raise DataError(f"{ratings.source}: every row of the {name} split of protocol {p.name!r} is "
+                            f"{'positive' if split_labels[0] else 'negative'} (rating >= {p.label_min:g} is "
+                            "positive); training and model selection need both labels")
     offsets, values, counts = _histories(uid, iid, label, p.history_len)
 
     titles = pd.Series(uniq_items).map(ratings.titles)

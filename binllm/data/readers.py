@@ -9,8 +9,10 @@ memory at once.
 """
 from __future__ import annotations
 
+import csv
 import io
 import os
+import warnings
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -104,7 +106,9 @@ def _check_frame(frame: pd.DataFrame, where: str, line_offset: int = 2) -> pd.Da
         "user": frame["user"].astype(str).to_numpy(),
         "item": frame["item"].astype(str).to_numpy(),
         "rating": frame["rating"].astype(np.float64).to_numpy(),
-        "timestamp": frame["timestamp"].astype(np.int64).to_numpy(),
+        # fractions of a second (985397257.5, 1.5e9) are dropped: the protocols order and cut by whole seconds
+        "timestamp": (np.floor(ts).astype(np.int64) if ts.dtype.kind == "f"
+                      else frame["timestamp"].astype(np.int64).to_numpy()),
     })
     return out
 
@@ -118,10 +122,14 @@ def _read_text(path: Path, encoding: str) -> str:
         raise DataError(f"{path}: not valid {encoding} text on line {line} (byte {e.start})") from None
 
 
-def _read_delimited(text: str, path: Path, sep: str, names: list[str], header: bool) -> pd.DataFrame:
+def _read_delimited(text: str, path: Path, sep: str, names: list[str], header: bool,
+                    quoting: int = csv.QUOTE_NONE) -> pd.DataFrame:
+    """A delimited text as a frame of strings. `quoting`: QUOTE_NONE for the MovieLens files, whose
+    titles hold bare quote characters (``"Great Day in Harlem, A" (1994)``); QUOTE_MINIMAL, standard
+    CSV (pandas, Excel, Python's csv module), for user tables."""
     try:
         return pd.read_csv(io.StringIO(text), sep=sep, names=names, header=0 if header else None, dtype=str,
-                           keep_default_na=False, na_values=[""], engine="c", quoting=3)
+                           keep_default_na=False, na_values=[""], engine="c", quoting=quoting)
     except pd.errors.ParserError as e:
         raise DataError(f"{path}: malformed line ({' '.join(str(e).split())})") from None
 
@@ -297,7 +305,8 @@ def read_table(path: str | os.PathLike, user: str = "user", item: str = "item", 
     def load(p: Path) -> pd.DataFrame:
         if p.suffix == ".parquet":
             return pd.read_parquet(p)
-        return _read_delimited(_read_text(p, encoding), p, sep, None, header=True)  # type: ignore[arg-type]
+        return _read_delimited(_read_text(p, encoding), p, sep, None, header=True,  # type: ignore[arg-type]
+                               quoting=csv.QUOTE_MINIMAL)
 
     df = load(path)
     need = [user, item, rating, timestamp] + ([title] if title and titles_path is None else [])
@@ -305,8 +314,10 @@ def read_table(path: str | os.PathLike, user: str = "user", item: str = "item", 
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}; found {list(df.columns)}")
     ts = df[timestamp]
-    if not pd.api.types.is_numeric_dtype(ts) and len(ts) and not str(ts.iloc[0]).lstrip("-").isdigit():
-        parsed = pd.to_datetime(ts, utc=True, errors="coerce")
+    if not pd.api.types.is_numeric_dtype(ts) and len(ts) and not _is_number(ts.iloc[0]):
+        with warnings.catch_warnings():  # pandas' "could not infer format" advice: the error below says more
+            warnings.simplefilter("ignore")
+            parsed = pd.to_datetime(ts, utc=True, errors="coerce")
         bad = parsed.isna().to_numpy()
         if bad.any():
             i = int(np.argmax(bad))
@@ -330,6 +341,17 @@ def read_table(path: str | os.PathLike, user: str = "user", item: str = "item", 
     titles = titles[~titles.index.duplicated(keep="first")]
     out = Ratings(frame, titles, path.stem, [str(path)] + ([str(titles_path)] if titles_path else []))
     return fill_missing_titles(out) if missing_titles == "empty" else out
+
+
+def _is_number(value: object) -> bool:
+    """Whether a cell reads as a number (``985397257``, ``985397257.5``, ``1.5e9``): seconds, not a date."""
+    try:
+        float(str(value))
+    except ValueError:
+        return False
+    return True
+
+
 def _check_missing_titles(mode: str) -> None:
     if mode not in MISSING_TITLES:
         raise ValueError(f"missing_titles must be 'error' or 'empty'; got {mode!r}")
