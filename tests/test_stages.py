@@ -100,9 +100,11 @@ def test_pretrain_adds_retrieval_codes_to_an_older_folder_and_refuses_other_sett
     again = stages.pretrain(prep_dir, out, hc, retrieval_cfg=rc, progress=False)  # finished: skipped
     assert again == json.loads((out / "metrics.json").read_text())
     other = HashConfig.retrieval_codes(d=32, max_epochs=2, batch_size=512)
-    with pytest.raises(stages.StageError, match=r"holds a retrieval model made with other settings \(d: 24 -> 32, negatives: "):
+    refused = r"holds a retrieval model made with other settings \(d: 24 -> 32, negatives: "
+    with pytest.raises(stages.StageError, match=refused):
         stages.pretrain(prep_dir, out, hc, retrieval_cfg=other, progress=False)
-    with pytest.raises(stages.StageError, match=r"holds a hash model made with other settings \(objective: 'bce' -> 'bpr'\)"):
+    refused = r"holds a hash model made with other settings \(objective: 'bce' -> 'bpr'\)"
+    with pytest.raises(stages.StageError, match=refused):
         stages.pretrain(prep_dir, out, HashConfig(d=16, max_epochs=2, batch_size=512, objective="bpr"),
                         progress=False)
     with pytest.raises(stages.StageError, match="retrieval_cfg must configure a hash model"):
