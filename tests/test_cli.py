@@ -250,6 +250,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.distributed
 @pytest.mark.usefixtures("pretrained")
 def test_torchrun_two_processes_tune_then_score(prepared: Path, tiny: Path, tmp_path):
     """2 gloo processes: both ranks step in tune; sharded scores gathered on rank 0 equal a 1-process run."""

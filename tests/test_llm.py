@@ -454,6 +454,7 @@ with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
 '''
 
 
+@pytest.mark.distributed
 def test_torchrun_two_cpu_processes(tiny, tmp_path):
     script = tmp_path / "ddp_tune.py"
     script.write_text(DDP_SCRIPT)
