@@ -4,7 +4,7 @@ dataset's train positives, so that code retrieval is compared with models a
 researcher of this field would otherwise pick. Used by list evaluation and the
 benchmarks only; nothing in the core needs `implicit` (:func:`available`).
 
-Defaults were chosen on valid rows (tools/lists_search.py, results/lists_search.md).
+Defaults were chosen on valid rows (tools/lists_search.py, results/lists_search_broad.md).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from .data import Prepared
 
 ALGORITHMS = ("als", "bpr")
-#: Settings of each anchor picked by valid HR@10 (results/lists_search.md); `factors` as binllm's 64-bit codes.
+#: Settings of each anchor picked by valid HR@10 (results/lists_search_broad.md); `factors` as binllm's 64-bit codes.
 DEFAULTS: dict[str, dict[str, Any]] = {
     "als": dict(factors=64, regularization=0.5, iterations=15),
     "bpr": dict(factors=64, learning_rate=0.01, regularization=0.01, iterations=100),

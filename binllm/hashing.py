@@ -152,7 +152,7 @@ class HashConfig:
     def retrieval_codes(cls, **overrides: Any) -> HashConfig:
         """The retrieval codes of ``binllm run``: a hash model trained for top-N lists (sampled softmax,
         16 catalogue negatives per positive, 64 bits), chosen by valid HR@10 in tools/lists_search.py
-        (results/lists_search.md). `overrides` replace any field."""
+        (results/lists_search_broad.md). `overrides` replace any field."""
         base: dict[str, Any] = dict(objective="softmax", d=64, negatives=16, patience=20, prior_weight=None)
         base.update(overrides)
         return cls(**base)

@@ -302,7 +302,7 @@ def pretrain(data_dir: str | os.PathLike, out: str | os.PathLike, cfg: HashConfi
 
     The retrieval codes are a second hash model, usually wider and trained for top-N lists
     (``retrieval_cfg.objective`` 'bpr' or 'softmax'); list retrieval uses them, prompts keep the
-    first code book (results/lists_search.md: list objectives lower the pair AUC the prompts need).
+    first code book (results/lists_search_broad.md: list objectives lower the pair AUC the prompts need).
 
     A model recorded in ``metrics.json`` with the same config is skipped; one recorded with another
     config is an error (finished results are never silently replaced); a model asked for but not yet
