@@ -54,8 +54,8 @@ class RunConfig:
         domain: prompt wording, 'movie' or 'book'; None = the dataset's own.
         model: 'smollm2' (embedded default) or a local Hugging Face causal-LM folder.
         device: 'auto' (CUDA when torch sees a GPU, else the CPU), 'cpu', 'cuda' or 'cuda:N'.
-        dtype: 'auto' (bf16 on a GPU; on a CPU bf16 where it has AMX, else float32), 'float32', 'bfloat16' or
-            'float16'.
+        dtype: 'auto' (bf16 on a GPU; on a CPU bf16 where it has AMX or AVX-512 BF16, else float32),
+            'float32', 'bfloat16' or 'float16'.
         bits: code width of the hash model (a multiple of 8, at most 256).
         train_rows: train rows the LLM is tuned on, a fixed sample (None: all rows).
         valid_rows: valid_small rows of the LLM's model selection (None: all rows).

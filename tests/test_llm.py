@@ -551,3 +551,13 @@ def test_with_adapter_merges_in_float32_and_keeps_scores(tiny, tmp_path):
     assert np.abs(merged - plain).max() > 1e-3  # the adapter does change the scores
     b16, _ = scoring.load_llm(str(tiny), dtype="bfloat16", device="cpu")
     assert isinstance(scoring.with_adapter(b16, tmp_path / "adapter"), PeftModel)
+
+
+@pytest.mark.parametrize("flags, fast", [
+    ("fpu sse2 avx2 fma", False),                       # AVX2 only (AMD Zen 3): bf16 is emulated
+    ("avx2 avx512f avx512_bf16 avx512_vnni", True),     # AMD Zen 4: VDPBF16PS, no AMX
+    ("avx2 avx512f amx_bf16 amx_tile", True),           # Intel Sapphire Rapids: AMX
+    ("avx512f avx512_bf16x", False),                    # a longer flag name is not the flag
+])
+def test_fast_bf16_flags(flags, fast):
+    assert scoring.fast_bf16_in(flags) is fast

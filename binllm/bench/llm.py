@@ -90,7 +90,7 @@ def forward_params(model: Any) -> int:
 
 
 def dtypes_used() -> list[str]:
-    """The compute dtypes this CPU would run: float32, and bf16 where it has AMX (dtype='auto')."""
+    """The compute dtypes this CPU would run: float32, and bf16 where it has AMX or AVX-512 BF16 (dtype='auto')."""
     return ["float32", "bfloat16"] if scoring.cpu_has_fast_bf16() else ["float32"]
 
 
