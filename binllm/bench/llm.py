@@ -250,7 +250,8 @@ def run(out_dir: str | Path, quick: bool = False, n: int = 96, batch: int = 16, 
     name = "llm_quick" if quick else "llm"
     lims = ", ".join(f"{dt} {stage} {v / 1e9:.0f}" for (dt, stage), v in limit.items())
     notes = (f"`binllm bench llm{' --quick' if quick else ''}`. SmolLM2-135M-Instruct (dequantised from the GGUF, "
-             f"CPU), dtypes run: {', '.join(dtypes)} (bf16 only on CPUs with AMX or AVX-512 BF16, where dtype='auto' picks it). "
+             f"CPU), dtypes run: {', '.join(dtypes)} (bf16 only on CPUs with AMX or AVX-512 BF16, where "
+             "dtype='auto' picks it). "
              "`vs_binllm` = that route's time / the reference row's (scoring: the float32 Scorer without adapter; "
              "tuning: the 0.1 path); > 1: the reference is faster. `frac_limit`: tokens/s x FLOPs a token "
              f"({params / 1e6:.0f}M non-embedding parameters x 2 for scoring, x 4 for a LoRA step; attention, the "
