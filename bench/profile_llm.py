@@ -52,8 +52,10 @@ def main() -> None:
         with torch.inference_mode():
             scoring.last_logits(pm, ids, mask, pos)
 
+    env = environment()
+    isa = ", ".join(f for f in machine.cpu_flags() if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16"))
     parts = [f"# LLM profile: SmolLM2-135M float32, {a.batch} x {a.seq} tokens, {a.threads} threads",
-             "", f"CPU: {machine.cpu_model()}; torch {torch.__version__}. Self CPU time over two calls "
+             "", f"CPU: {machine.cpu_model()} ({isa}); torch {torch.__version__}. Self CPU time over two calls "
              "after one warm-up; LoRA r/alpha/targets as TuneConfig's defaults.", ""]
     for name, fn in (("LoRA training step (forward + backward)", step), ("scoring forward", forward)):
         fn()
@@ -66,7 +68,6 @@ def main() -> None:
         parts += [f"## {name}", "", f"matmul (aten::mm/addmm/bmm) share of self CPU time: {mm / total:.1%}", "",
                   "```", avg.table(sort_by="self_cpu_time_total", row_limit=a.rows, max_name_column_width=40),
                   "```", ""]
-    env = environment()
     parts += ["machine: " + ", ".join(f"{k}={v}" for k, v in env.items() if k in ("cpu", "threads", "date", "binllm"))]
     out = RESULTS / "llm_profile.md"
     atomic_write_text(out, "\n".join(parts) + "\n")
