@@ -136,14 +136,17 @@ def resolve_device(device: str = "auto") -> str:
 
 
 # CPU flags of a hardware bf16 matrix product: AMX tiles (Intel Sapphire Rapids on) or AVX-512
-# BF16's VDPBF16PS (AMD Zen 4 on, Intel Cooper Lake). Measured with torch 2.13 on 2 cores at
-# SmolLM2's MLP shape (1280x576 @ 576x1536): AMD EPYC Zen 4 (avx512_bf16, no AMX) 412 GFLOP/s in bf16
-# against 172 in float32; on AVX2-only CPUs bf16 is emulated (0.6 against 32 GFLOP/s on one core).
+# BF16's VDPBF16PS (AMD Zen 4 on, Intel Cooper Lake). bench/results/llm_quick_zen4.md (AMD EPYC Zen 4,
+# avx512_bf16, no AMX, 2 cores): the model-shape matmul limit is 411 GFLOP/s in bf16 against 170 in float32
+# (scoring shapes), and tuning runs 434 against 228 tokens/s; on AVX2-only CPUs bf16 is emulated (0.6 against
+# 32 GFLOP/s on one core).
 FAST_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
 def fast_bf16_in(flags: str) -> bool:
     """Whether a /proc/cpuinfo ``flags`` line names a hardware bf16 matrix product."""
+    if not isinstance(flags, str):
+        raise TypeError(f"flags must be a str (a /proc/cpuinfo flags line); got {type(flags).__name__}")
     return any(f in FAST_BF16_FLAGS for f in flags.split())
 
 

@@ -561,3 +561,8 @@ def test_with_adapter_merges_in_float32_and_keeps_scores(tiny, tmp_path):
 ])
 def test_fast_bf16_flags(flags, fast):
     assert scoring.fast_bf16_in(flags) is fast
+
+
+def test_fast_bf16_flags_rejects_a_non_string():
+    with pytest.raises(TypeError, match="flags must be a str"):
+        scoring.fast_bf16_in(["avx512_bf16"])
