@@ -506,6 +506,11 @@ def tune(data_dir: str | os.PathLike, out: str | os.PathLike, prompt: PromptConf
     info_file = out_p / "adapter" / "binllm.json"
     if init_adapter is not None and not (Path(init_adapter) / "adapter_config.json").is_file():
         raise StageError(f"init_adapter {init_adapter} is not a LoRA adapter folder (no adapter_config.json)")
+    if init_adapter is not None:
+        try:
+            tuning.check_init_adapter(init_adapter, cfg)  # before the model loads: a wrong shape fails at once
+        except ValueError as e:
+            raise StageError(str(e)) from None
     settings = _tune_settings(data_dir, prompt, cfg, codebook, model, init_adapter, train_rows, valid_rows, seed,
                               max_length)
     if _check_tune_reuse(out_p, settings):

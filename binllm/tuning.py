@@ -361,6 +361,27 @@ def lora_config(cfg: TuneConfig) -> Any:
                       target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
 
 
+def check_init_adapter(init_adapter: str | os.PathLike, cfg: TuneConfig) -> dict:
+    """The saved LoRA config of `init_adapter` (its ``adapter_config.json``) when `cfg` can continue it.
+
+    A continued adapter keeps its shape: its rank, alpha and target modules are in
+    its weights, so a `cfg` asking for others is an error naming both (peft would
+    silently keep the saved ones). Dropout is not in the weights; the continued
+    step runs with ``cfg.lora_dropout`` (see `tune`)."""
+    f = Path(init_adapter) / "adapter_config.json"
+    if not f.is_file():
+        raise FileNotFoundError(f"init_adapter {init_adapter} has no adapter_config.json")
+    saved = json.loads(f.read_text(encoding="utf-8"))
+    ours = {"r": cfg.lora_r, "lora_alpha": cfg.lora_alpha, "target_modules": sorted(cfg.target_modules)}
+    theirs = {"r": saved.get("r"), "lora_alpha": saved.get("lora_alpha"),
+              "target_modules": sorted(saved.get("target_modules") or [])}
+    if ours != theirs:
+        diff = ", ".join(f"{k} {ours[k]} vs {theirs[k]}" for k in ours if ours[k] != theirs[k])
+        raise ValueError(f"cfg: the LoRA shape differs from init_adapter {init_adapter} ({diff}); a continued "
+                         "adapter keeps its rank, alpha and target modules: tune the first step with the same ones")
+    return saved
+
+
 def tune(base_model: Any, tokenizer: Any, train: PromptSet, valid: PromptSet, cfg: TuneConfig,
          out_dir: str | os.PathLike, init_adapter: str | os.PathLike | None = None, meta: dict | None = None,
          progress: bool = True, use_cpu: bool | None = None, bf16: bool = False) -> TuneResult:
@@ -377,9 +398,13 @@ def tune(base_model: Any, tokenizer: Any, train: PromptSet, valid: PromptSet, cf
     yes_id, no_id = answer_token_ids(tokenizer)
     out = Path(out_dir)
     if init_adapter is not None:
-        if not (Path(init_adapter) / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"init_adapter {init_adapter} has no adapter_config.json")
-        model = PeftModel.from_pretrained(base_model, str(init_adapter), is_trainable=True)
+        from peft import LoraConfig
+
+        check_init_adapter(init_adapter, cfg)
+        saved = LoraConfig.from_pretrained(str(init_adapter))
+        # peft would train on with the saved dropout and ignore cfg's: the continued step's own setting applies
+        saved.lora_dropout = cfg.lora_dropout
+        model = PeftModel.from_pretrained(base_model, str(init_adapter), is_trainable=True, config=saved)
     else:
         torch.manual_seed(cfg.seed)
         model = get_peft_model(base_model, lora_config(cfg))

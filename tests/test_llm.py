@@ -397,6 +397,23 @@ def test_tuning_lowers_loss_and_two_step_continues_adapter(tiny, tmp_path):
     assert json.loads((res2.adapter_dir / "binllm.json").read_text())["init_adapter"] == str(res.adapter_dir)
 
 
+def test_continued_adapter_takes_cfg_dropout_and_rejects_another_shape(tiny, tmp_path):
+    model, tok = scoring.load_llm(str(tiny), dtype="float32", device="cpu")
+    tr, va = prompt_set(tok, 16, 0), prompt_set(tok, 8, 1)
+    step1 = tuning.tune(model, tok, tr, va, tuning.TuneConfig(max_steps=1, eval_steps=1, warmup_steps=0,
+                                                              lora_dropout=0.05), tmp_path / "s1", progress=False)
+    base2, _ = scoring.load_llm(str(tiny), dtype="float32", device="cpu")
+    res = tuning.tune(base2, tok, tr, va, tuning.TuneConfig(max_steps=1, eval_steps=1, warmup_steps=0,
+                                                            lora_dropout=0.0), tmp_path / "s2",
+                      init_adapter=step1.adapter_dir, progress=False)
+    drops = [m for n, m in res.model.named_modules() if n.endswith("lora_dropout.default")]
+    assert drops and all(isinstance(m, torch.nn.Identity) for m in drops)  # peft's p=0 dropout, not 0.05
+    with pytest.raises(ValueError, match=r"cfg: .*r 16 vs 8.*target_modules"):
+        tuning.check_init_adapter(step1.adapter_dir, tuning.TuneConfig(
+            lora_r=16, target_modules=("q_proj", "k_proj", "v_proj", "o_proj")))
+    assert tuning.check_init_adapter(step1.adapter_dir, tuning.TuneConfig())["r"] == 8
+
+
 def test_evaluation_rounds_do_not_change_training(tiny, tmp_path):
     """Validating every 2 or every 4 updates must train the same adapter: an evaluation round
     draws from torch's generator (a DataLoader seed), which used to move later dropout masks."""

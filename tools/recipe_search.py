@@ -46,7 +46,9 @@ class Config:
 # The run's step-2 settings, as pipeline.run builds them (pipeline.tune_config); LoRA dropout and the rest
 # keep TuneConfig's defaults.
 _RUN = RunConfig()
+_STEP1 = tune_config(_RUN, llm_stages(_RUN)[0])
 _STEP2 = tune_config(_RUN, llm_stages(_RUN)[1])
+_SHAPE = ("lora_r", "lora_alpha", "target_modules")  # what a continued adapter keeps from its text step
 BASE = {k: getattr(_STEP2, k) for k in ("lr", "max_steps", "batch_size", "eval_steps", "patience", "warmup_steps",
                                          "lora_r", "lora_alpha", "seed")}
 
@@ -86,8 +88,9 @@ def run_config(run: Path, c: Config, valid_rows: int, train_rows: int, seed: int
     partial = info.is_file() or (out / "checkpoints").is_dir()
     load0 = os.getloadavg()[0]
     t = time.perf_counter()
+    init = text_step(run, c, valid_rows, train_rows) if c.from_text else None
     stages.tune(run / "data", out, pc, tc, codebook=run / "hash" / "codebook.safetensors",
-                init_adapter=run / "llm" / "text" / "adapter" if c.from_text else None,
+                init_adapter=init,
                 train_rows=train_rows, valid_rows=valid_rows, seed=0)  # seed 0: the run's row samples
     wall: float | None = None if partial else time.perf_counter() - t
     hist = json.loads(info.read_text())["history"]
@@ -98,6 +101,20 @@ def run_config(run: Path, c: Config, valid_rows: int, train_rows: int, seed: int
            "best_auc": max(float(h["eval_auc"]) for h in hist)}
     atomic_write_json(record, rec)
     return rec
+
+
+def text_step(run: Path, c: Config, valid_rows: int, train_rows: int) -> Path:
+    """The text-only adapter a two-step config continues: the run's own when the config keeps its LoRA
+    shape, else one tuned here with the run's step-1 settings and the config's shape (a continued
+    adapter keeps its rank and targets: tuning.check_init_adapter), shared by the config's seeds."""
+    shape = {k: c.tune[k] for k in _SHAPE if k in c.tune and c.tune[k] != getattr(_STEP1, k)}
+    if not shape:
+        return run / "llm" / "text" / "adapter"
+    out = run / "search" / f"text_{c.name}"
+    tc = TuneConfig(**{**{k: getattr(_STEP1, k) for k in BASE}, **shape})
+    pc = PromptConfig(kind="text", domain="movie", code_style="dotted", max_titles=c.max_titles)
+    stages.tune(run / "data", out, pc, tc, codebook=None, train_rows=train_rows, valid_rows=valid_rows, seed=0)
+    return out / "adapter"
 
 
 def reference_rows(run: Path, valid_rows: int) -> dict[str, float]:
@@ -123,7 +140,8 @@ def table(recs: list[dict], refs: dict[str, float], valid_rows: int, machine: st
              f"codes prompt (dotted 32-bit codes) with batch {BASE['batch_size']} and evaluates every "
              f"{BASE['eval_steps']} steps; the seed sets the dropout masks and batch order, and the LoRA init of "
              "one-step configs (the row samples stay the run's). Two-step configs start from the run's text-only "
-             "adapter (100 steps). Wall "
+             "adapter (100 steps), or from a text step of their own LoRA shape tuned with the run's "
+             "step-1 settings (its time is in the wall time of the config's first seed). Wall "
              f"time: the whole tune call (model load and evaluation rounds of {valid_rows} prompts). Machine: "
              f"{machine}. A load average well above 2 means the machine was shared and the wall time is inflated.",
              "", "Reference on the same rows: " + ", ".join(f"{k} {v:.4f}" for k, v in refs.items()) + ".", "",
