@@ -85,8 +85,10 @@ def make_stages(quick: bool, variant: str) -> dict[str, tuple[str, Callable[[], 
     workers)."""
     import torch
 
-    from binllm import data, hashing, scoring, tuning
-    from binllm.prompts import PromptBuilder, PromptConfig
+    from binllm import data
+    from binllm.cf import hashing
+    from binllm.llm import scoring, tuning
+    from binllm.llm.prompts import PromptBuilder, PromptConfig
 
     prep = data.prepare(data.read_ml100k(), "ml-100k")
     cfg = hashing.HashConfig(max_epochs=2 if quick else 8, patience=10**6)

@@ -19,7 +19,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from binllm import data, hashing  # noqa: E402
+from binllm import data
+from binllm.cf import hashing  # noqa: E402
 
 from common import environment, write_table  # noqa: E402
 

@@ -1,5 +1,5 @@
 """Re-ranking throughput: candidates scored per second by the prefix-cached scorer
-(binllm.prefix_scoring.PrefixScorer) vs the full-prompt scorer (binllm.scoring.Scorer), on the same
+(binllm.llm.prefix_scoring.PrefixScorer) vs the full-prompt scorer (binllm.llm.scoring.Scorer), on the same
 BinLLM prompts (text + codes template), embedded SmolLM2-135M-Instruct, CPU, float32.
 
 Prompts: ML-100K users with train history, each with N candidate items drawn at random (the
@@ -38,10 +38,11 @@ def main() -> None:
         args.users, args.candidates, args.repeats = 2, 16, 1
     import torch
 
-    from binllm import data, scoring
-    from binllm.codebook import CodeBook
-    from binllm.prefix_scoring import PrefixScorer
-    from binllm.prompts import PromptBuilder, PromptConfig
+    from binllm import data
+    from binllm.cf.codebook import CodeBook
+    from binllm.llm import scoring
+    from binllm.llm.prefix_scoring import PrefixScorer
+    from binllm.llm.prompts import PromptBuilder, PromptConfig
 
     from common import environment, timeit, write_table
 
@@ -74,7 +75,7 @@ def main() -> None:
     diff = float(np.abs(a - b).max())
     if diff > 1e-3:
         raise SystemExit(f"prefix-cached scores differ from full-prompt scores by {diff}")
-    from binllm.prefix_scoring import common_prefix_len
+    from binllm.llm.prefix_scoring import common_prefix_len
 
     shared = float(np.mean([min(common_prefix_len(g), min(map(len, g)) - 1) for g in groups]))
     mean_len = float(np.mean([len(x) for x in flat]))

@@ -1,4 +1,4 @@
-"""Candidate retrieval with exclusion lists: binllm.retrieval.retrieve_codes vs FAISS IndexBinaryFlat
+"""Candidate retrieval with exclusion lists: binllm.cf.retrieval.retrieve_codes vs FAISS IndexBinaryFlat
 + the same numpy exclusion filter, every user of a synthetic code book, top-k.
 
 Each implementation runs in its own subprocess (one at a time) so that ``ru_maxrss`` is its own
@@ -42,7 +42,7 @@ def _rss_bytes() -> int:
 def _faiss_retrieve(index, queries: np.ndarray, d: int, n: int, off: np.ndarray, ex: np.ndarray,
                     chunk: int) -> tuple[np.ndarray, np.ndarray]:
     """FAISS Hamming search for n + max exclusions, then the same vectorised filter as binllm."""
-    from binllm.retrieval import filter_excluded
+    from binllm.cf.retrieval import filter_excluded
 
     q, m = len(queries), index.ntotal
     scores = np.empty((q, n), np.int32)
@@ -75,7 +75,7 @@ def child(args: argparse.Namespace) -> None:
     q = len(users)
     if args.child in ("binllm", "binllm-ties"):
         import binllm
-        from binllm.retrieval import retrieve_codes
+        from binllm.cf.retrieval import retrieve_codes
 
         binllm.set_num_threads(args.threads)
         # binllm-ties: equal scores ordered by a given item order (binllm's lists pass item popularity)
@@ -235,7 +235,7 @@ def main() -> None:
 {args.users:,} users x {args.items:,} items, {args.d}-bit random codes, {args.excluded} random excluded items per
 user (CSR int32), top-{args.k}, {args.threads} threads, users in chunks of {args.chunk}. Both implementations ask for
 k + (most exclusions in the chunk) items and drop the excluded ones with the same vectorised numpy filter
-(`binllm.retrieval.filter_excluded`); they differ in the kernel. Agreement checked (after the timed runs) on
+(`binllm.cf.retrieval.filter_excluded`); they differ in the kernel. Agreement checked (after the timed runs) on
 {nchk} users (binllm order == numpy oracle, FAISS scores == binllm scores; FAISS orders ties its own way).
 
 Peak memory of the binllm run over all users (own subprocess, VmHWM; `ru_maxrss` {res_b_all['ru_maxrss'] * mb:.1f} MiB):

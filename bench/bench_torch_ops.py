@@ -1,14 +1,14 @@
-"""binllm.torch_ops against what it replaces, in one run:
+"""binllm.kernels.torch_ops against what it replaces, in one run:
 
 1. A hash-model training step (user/item embeddings -> Linear -> tanh -> straight-through
    sign -> +-1 dot -> BCE-with-logits -> fused Adam; batch 2048, d = 32 and 64, beta = 1,
    the fully binary regime most epochs run in) with three straight-through signs:
-   ``SignSTE`` (binllm.hashing's autograd.Function, used today), the detach trick
+   ``SignSTE`` (binllm.cf.hashing's autograd.Function, used today), the detach trick
    ``h + (sign(h) - h).detach()``, and the ``binllm::sign_ste`` custom op; each in eager
    mode and under ``torch.compile(fullgraph=True)`` (inductor; forward + loss compiled,
    backward through AOT autograd, optimizer step eager).
 2. Per-call overhead of the custom ops against the direct calls: ``binllm.pack_signs`` vs
-   ``binllm.torch_ops.pack_signs`` vs ``torch.ops.binllm.pack_signs.default``, small and
+   ``binllm.kernels.torch_ops.pack_signs`` vs ``torch.ops.binllm.pack_signs.default``, small and
    large inputs, and ``dot_all`` on a small input.
 
 All variants are first checked to agree (same losses and gradients eager; compiled
@@ -31,8 +31,8 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
 import binllm  # noqa: E402
-import binllm.torch_ops as ops  # noqa: E402
-from binllm import hashing  # noqa: E402
+import binllm.kernels.torch_ops as ops  # noqa: E402
+from binllm.cf import hashing  # noqa: E402
 
 from common import environment, timeit, write_table  # noqa: E402
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from binllm import scoring, tuning  # noqa: E402
 from binllm._io import atomic_write_text  # noqa: E402
 from binllm.bench import machine  # noqa: E402
+from binllm.llm import scoring, tuning  # noqa: E402
 
 from common import RESULTS, environment  # noqa: E402
 

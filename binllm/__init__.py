@@ -17,9 +17,9 @@ and the fallback in use (the default thread count, the best supported
 variant, backend by device), and ``build_info()['problems']`` (shown by
 ``binllm doctor``) lists it.
 """
-from ._backend import _warn_config_problems, build_info, require_backend, set_backend
-from ._core import __version__, num_threads, set_num_threads
-from .codes import (
+from binllm import _moved
+from binllm._core import __version__, num_threads, set_num_threads
+from binllm.kernels.codes import (
     balance,
     dot_all,
     dot_rows,
@@ -30,14 +30,16 @@ from .codes import (
     unpack_bits,
     unpack_signs,
 )
-from .textcodes import format_codes, from_bits, from_dotted, to_bits, to_dotted
+from binllm.kernels.dispatch import build_info, require_backend, set_backend, warn_config_problems
+from binllm.kernels.textcodes import format_codes, from_bits, from_dotted, to_bits, to_dotted
 
-_warn_config_problems()
+warn_config_problems()
+_moved.install()  # binllm.stages, binllm.tuning, ... of 0.2 still import (with a DeprecationWarning)
 
 
 def set_cpu_variant(name: str) -> None:
     """Forces a CPU kernel variant ('generic', 'avx2', 'avx512') for tests and benchmarks."""
-    from . import _core
+    from binllm import _core
 
     _core.set_variant(name)
 

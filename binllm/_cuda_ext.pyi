@@ -2,7 +2,7 @@
 
 Built only where nvcc was found. Every function takes raw device pointers (``int``, from
 ``Tensor.data_ptr()``), the CUDA device index and a stream handle, validates nothing itself (that is
-``binllm._cuda_backend``'s job) and raises RuntimeError naming the launch that failed. The
+``binllm.kernels.cuda``'s job) and raises RuntimeError naming the launch that failed. The
 bindings name no arguments, so all are positional.
 """
 

@@ -259,7 +259,7 @@ def atomic_dir(dest: str | os.PathLike, kind: str | None = None,
         raise
 
 
-def _process_start(pid: int) -> float | None:
+def process_start(pid: int) -> float | None:
     """Start time (epoch seconds) of process `pid`, or None where unknown (non-Linux)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -283,7 +283,7 @@ def _owner_gone(pid: int, mtime: float) -> bool:
         pass  # alive, someone else's
     except OverflowError:
         return True
-    start = _process_start(pid)
+    start = process_start(pid)
     # the pid was reused: the process holding it now started after the temporary was written
     return start is not None and start > mtime + 1.0
 

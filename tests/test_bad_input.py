@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import binllm
-from binllm import _backend
+from binllm.kernels import dispatch as _backend
 
 C32 = np.zeros((3, 4), np.uint8)
 X = np.zeros((3, 32), np.float32)
@@ -93,7 +93,7 @@ def no_cuda_build(monkeypatch):
     sys.modules makes `import` raise ImportError), whether or not this build has them."""
     monkeypatch.delattr(binllm, "_cuda_backend", raising=False)
     monkeypatch.delattr(binllm, "_cuda_ext", raising=False)
-    monkeypatch.setitem(sys.modules, "binllm._cuda_backend", None)
+    monkeypatch.setitem(sys.modules, "binllm.kernels.cuda", None)
     monkeypatch.setitem(sys.modules, "binllm._cuda_ext", None)
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from binllm import cli, stages
-from binllm.pipeline import RunConfig
+from binllm import cli
+from binllm.run import stages
+from binllm.run.pipeline import RunConfig
 
 from conftest import PKG_PARENT
 from tiny_llm import make_tiny_llm
@@ -142,7 +143,7 @@ def test_pretrain_retrieval_codes_flags(prepared: Path, tmp_path, capsys):
     assert run_cli("pretrain", "--data", prepared, "--out", out, "--max-epochs", 2, "--d", 16, "--retrieval",
                    "--retrieval-d", 24, "--retrieval-max-epochs", 2, "--retrieval-negatives", 2) == 0
     assert "retrieval codes" in capsys.readouterr().out
-    from binllm.codebook import CodeBook
+    from binllm.cf.codebook import CodeBook
 
     cb = CodeBook.load(out / "retrieval_codebook.safetensors")
     assert (cb.config["learned_bits"], cb.config["objective"], cb.config["negatives"]) == (24, "softmax", 2)
@@ -283,9 +284,9 @@ def test_flags_cover_every_config_field():
     import argparse
     import dataclasses
 
-    from binllm.hashing import HashConfig
-    from binllm.prompts import PromptConfig
-    from binllm.tuning import TuneConfig
+    from binllm.cf.hashing import HashConfig
+    from binllm.llm.prompts import PromptConfig
+    from binllm.llm.tuning import TuneConfig
 
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="c")

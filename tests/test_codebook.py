@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from binllm.codebook import CodeBook, codes_checksum
+from binllm.cf.codebook import CodeBook, codes_checksum
 
 
 def book(d=13, n_users=4, n_items=6, seed=0):

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.gpu
 if not torch.cuda.is_available():
     pytest.skip("no CUDA device", allow_module_level=True)
 try:
-    from binllm import _cuda_backend  # noqa: F401
+    from binllm.kernels import cuda as _cuda_backend  # noqa: F401
 except ImportError:
     pytest.skip("this build has no CUDA module", allow_module_level=True)
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import binllm
-from binllm import data, hashing
-from binllm.codebook import CodeBook
-from binllm.hashing import HashConfig
+from binllm import data
+from binllm.cf import hashing
+from binllm.cf.codebook import CodeBook
+from binllm.cf.hashing import HashConfig
 
 
 def synthetic_ratings(n_rows=3000, n_users=60, n_items=80, seed=0):
@@ -327,7 +328,7 @@ def test_list_objective_learns_the_known_answer(groups, objective):
     losses = [h["loss"] for h in res.history]
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:3])  # the loss falls
     # each user's top 5 of the binary codes are items of the user's own group
-    from binllm import retrieval
+    from binllm.cf import retrieval
 
     m = res.model
     users = np.arange(1, groups.n_user_slots)

@@ -161,7 +161,7 @@ def test_reused_pid_older_temp_is_cleaned(tmp_path):
     # the pid is alive (our parent) but the temporary predates that process
     temp = tmp_path / f".x.binllm-tmp.{os.getppid()}.33333333"
     temp.write_text("old")
-    start = _io._process_start(os.getppid())
+    start = _io.process_start(os.getppid())
     if start is None:
         pytest.skip("no /proc: process start times unknown on this platform")
     os.utime(temp, (start - 100, start - 100))

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from binllm import data, prompts, scoring, tuning
-from binllm.codebook import CodeBook
-from binllm.prompts import PromptBuilder, PromptConfig
+from binllm import data
+from binllm.cf.codebook import CodeBook
+from binllm.llm import prompts, scoring, tuning
+from binllm.llm.prompts import PromptBuilder, PromptConfig
 
 from conftest import PKG_PARENT
 from tiny_llm import make_tiny_llm

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from binllm import scoring
-from binllm.prefix_scoring import PrefixScorer, common_prefix_len
+from binllm.llm import scoring
+from binllm.llm.prefix_scoring import PrefixScorer, common_prefix_len
 
 from tiny_llm import make_tiny_llm
 

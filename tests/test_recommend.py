@@ -10,10 +10,12 @@ import pytest
 from test_prefix_scoring import shared_tiny_llm
 
 import binllm
-from binllm import data, hashing, metrics, scoring, tuning
-from binllm import recommend as rc
-from binllm.codebook import CodeBook
-from binllm.prompts import PromptBuilder, PromptConfig
+from binllm import data, metrics
+from binllm import lists as rc
+from binllm.cf import hashing
+from binllm.cf.codebook import CodeBook
+from binllm.llm import scoring, tuning
+from binllm.llm.prompts import PromptBuilder, PromptConfig
 
 N_USERS, N_ITEMS = 24, 40
 
@@ -172,7 +174,7 @@ def test_recommender_retrieval(rec):
         rest = sorted(set(range(1, N_ITEMS + 1)) - seen - set(got))
         assert cb.scores(np.full(len(rest), u), rest).max(initial=-99) <= lists.retrieval[r, len(got) - 1]
     # MF: float dot products of the MF embeddings, brute force
-    uemb, iemb = rc._load_mf(rec.run_dir)
+    uemb, iemb = rc.folder.load_mf(rec.run_dir)
     mf = rec.retrieve(slots[:5], 7, "mf")
     assert mf.backfilled is None
     for r, u in enumerate(slots[:5]):
@@ -188,12 +190,13 @@ def test_backfill_for_users_without_interactions(run_dir):
     """A user with no known interaction has an untrained code: code retrieval gives the popularity list."""
     rec = rc.Recommender(run_dir, progress=False)
     slots = rec.user_slots(None)[:4]
-    rec._excl_off = rec._excl_off.copy()
+    rec.candidates._excl_off = rec.candidates._excl_off.copy()
     # empty the first user's known items (as for a user who only appears in test)
     u = slots[0]
-    n_del = rec._excl_off[u + 1] - rec._excl_off[u]
-    rec._excl_items = np.delete(rec._excl_items, np.arange(rec._excl_off[u], rec._excl_off[u + 1]))
-    rec._excl_off[u + 1:] -= n_del
+    n_del = rec.candidates._excl_off[u + 1] - rec.candidates._excl_off[u]
+    cand = rec.candidates
+    cand._excl_items = np.delete(cand._excl_items, np.arange(cand._excl_off[u], cand._excl_off[u + 1]))
+    rec.candidates._excl_off[u + 1:] -= n_del
     lists = rec.retrieve(slots, 6)
     assert lists.backfilled.tolist() == [True, False, False, False]
     want = rec.retrieve(slots[:1], 6, "popularity")

@@ -1,11 +1,12 @@
-"""binllm.retrieval pieces not covered with the run folder in test_recommend.py: list tasks and the
+"""binllm.cf.retrieval pieces not covered with the run folder in test_recommend.py: list tasks and the
 popularity-prior bits."""
 import numpy as np
 import pandas as pd
 import pytest
 
 import binllm
-from binllm import data, retrieval
+from binllm import data
+from binllm.cf import retrieval
 
 from conftest import random_codes
 

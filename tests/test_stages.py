@@ -1,10 +1,11 @@
-"""Bad input to the stage functions of binllm.stages: one clear error naming the argument."""
+"""Bad input to the stage functions of binllm.run.stages: one clear error naming the argument."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from binllm import data, stages
+from binllm import data
+from binllm.run import stages
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +66,8 @@ def test_pretrain_adds_retrieval_codes_to_an_older_folder_and_refuses_other_sett
 
     import pandas as pd
 
-    from binllm.codebook import CodeBook
-    from binllm.hashing import HashConfig
+    from binllm.cf.codebook import CodeBook
+    from binllm.cf.hashing import HashConfig
 
     rng = np.random.default_rng(0)
     rows = [(str(u), str(i), float(rng.integers(1, 6)), 10**9 + 60 * j)
@@ -113,7 +114,7 @@ def test_pretrain_adds_retrieval_codes_to_an_older_folder_and_refuses_other_sett
 
 def test_list_objective_needs_valid_positives(prep_dir):
     """Repeated (user, item) pairs: every valid positive is already rated in train, so nothing to select on."""
-    from binllm import hashing
+    from binllm.cf import hashing
 
     with pytest.raises(ValueError, match="selects its epoch by valid lists, but no user has a valid positive"):
         hashing.train(data.load_prepared(prep_dir), hashing.HashConfig(objective="bpr", max_epochs=1), None,

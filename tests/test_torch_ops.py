@@ -1,4 +1,4 @@
-"""binllm.torch_ops: the custom ops equal the eager functions and numpy oracles,
+"""binllm.kernels.torch_ops: the custom ops equal the eager functions and numpy oracles,
 pass torch.library.opcheck, trace under fake tensors, torch.compile(fullgraph=True)
 and torch.export, and reject bad input with the eager functions' errors."""
 from __future__ import annotations
@@ -12,8 +12,8 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import binllm
-import binllm.torch_ops as ops
-from binllm import hashing
+import binllm.kernels.torch_ops as ops
+from binllm.cf import hashing
 
 from conftest import PKG_PARENT, ref_pack
 
@@ -42,7 +42,7 @@ def ref_topk(q: np.ndarray, items: np.ndarray, d: int, k: int) -> tuple[np.ndarr
 
 
 def test_import_binllm_stays_light():
-    code = "import sys, binllm; print('torch' in sys.modules, 'binllm.torch_ops' in sys.modules)"
+    code = "import sys, binllm; print('torch' in sys.modules, 'binllm.kernels.torch_ops' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=PKG_PARENT)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["False", "False"]

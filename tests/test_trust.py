@@ -17,8 +17,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from binllm import _io, cli, data, locks, scoring, stages, threads
+from binllm import _io, cli, data, locks, threads
 from binllm.data import DataError
+from binllm.llm import scoring
+from binllm.run import stages
 
 from conftest import PKG_PARENT
 from test_cli import write_ml1m
@@ -146,7 +148,7 @@ def test_score_refuses_another_methods_file_and_says_skipped(base, tmp_path, cap
     assert capsys.readouterr().out.startswith("wrote ")
     settings = stages.read_scores(f)[2]["settings"]  # what the scores were computed from
     assert settings["method"] == "binmf" and settings["data"] == data.load_prepared(base / "data").fingerprint
-    from binllm.codebook import CodeBook
+    from binllm.cf.codebook import CodeBook
 
     assert settings["codebook_checksum"] == CodeBook.load(cb).checksum
 
@@ -505,7 +507,7 @@ def test_torch_ops_unpack_signs_takes_torch_dtypes():
     import torch
 
     import binllm
-    import binllm.torch_ops as T
+    import binllm.kernels.torch_ops as T
 
     c = torch.from_numpy(np.packbits(np.ones((2, 8), np.uint8), axis=1))
     assert T.unpack_signs(c, 8, torch.float32).dtype == torch.float32

@@ -30,7 +30,7 @@ bw = _load()
 
 GOOD = "binllm-0.1.0-cp311-cp311-manylinux2014_x86_64.manylinux_2_17_x86_64.manylinux_2_28_x86_64.whl"
 SUFFIX = ".cpython-311-x86_64-linux-gnu.so"
-FILES = ["binllm/__init__.py", f"binllm/_core{SUFFIX}", "binllm/_cuda_backend.py",
+FILES = ["binllm/__init__.py", f"binllm/_core{SUFFIX}", "binllm/kernels/cuda.py",
          "binllm/templates/movie_codes.txt", "binllm-0.1.0.dist-info/RECORD"]
 BASE = "fpu sse sse2 ssse3 sse4_1 sse4_2 popcnt avx xsave"
 ZEN3 = BASE + " avx2 fma f16c bmi1 bmi2"  # AMD EPYC: AVX2, no AVX-512

@@ -1,7 +1,7 @@
 """Settings search for the retrieval codes and the list anchors, on VALID rows only.
 
 Task: rank the whole catalogue for each user knowing the train split (its items excluded), and find the
-user's valid positives (binllm.retrieval.ListTask(known=train, target=valid)). Every model trains on the
+user's valid positives (binllm.cf.retrieval.ListTask(known=train, target=valid)). Every model trains on the
 train split; selection by valid NDCG@10 inside the hash-model loop (list objectives), and here by valid
 HR@10 across configs. Writes results/lists_search.md|json. The test split is not read.
 
@@ -22,7 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from binllm import _io, anchors, data, hashing, metrics, retrieval  # noqa: E402
+from binllm import _io, data, metrics
+from binllm.cf import anchors, hashing, retrieval  # noqa: E402
 
 
 def evaluate(idx: np.ndarray, task: retrieval.ListTask) -> dict[str, float]:

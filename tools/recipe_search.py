@@ -27,11 +27,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from binllm import data, metrics, stages
+from binllm import data, metrics
 from binllm._io import atomic_write_json, atomic_write_text
-from binllm.pipeline import RunConfig, llm_stages, tune_config
-from binllm.prompts import PromptConfig
-from binllm.tuning import TuneConfig
+from binllm.llm.prompts import PromptConfig
+from binllm.llm.tuning import TuneConfig
+from binllm.run import stages
+from binllm.run.pipeline import RunConfig, llm_stages, tune_config
 
 
 @dataclass(frozen=True)

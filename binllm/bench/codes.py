@@ -22,10 +22,9 @@ from typing import Any
 import numpy as np
 
 import binllm
-
-from . import machine, report
-from .peers import Peers, check_equal, check_topk
-from .report import Row, bound_by, timeit
+from binllm.bench import machine, report
+from binllm.bench.peers import Peers, check_equal, check_topk
+from binllm.bench.report import Row, bound_by, timeit
 
 PEERS = ("torch", "faiss", "numkong", "simsimd", "usearch")
 COLUMNS = ["section", "d", "threads", "impl", "median_s", "spread_s", "repeats", "rate", "unit", "binllm_x",

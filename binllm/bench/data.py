@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import machine, report
-from .report import Row, bound_by
+from binllm.bench import machine, report
+from binllm.bench.report import Row, bound_by
 
 COLUMNS = ["impl", "read_s", "total_s", "rows_per_s", "input_GBps", "binllm_x", "kept_rows", "peak_rss_gb",
            "frac_limit", "bound"]

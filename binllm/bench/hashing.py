@@ -18,9 +18,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import data, hashing, metrics
-from . import machine, report
-from .report import Row, timeit
+from binllm import data, metrics
+from binllm.bench import machine, report
+from binllm.bench.report import Row, timeit
+from binllm.cf import hashing
 
 COLUMNS = ["dataset", "train_rows", "impl", "s_per_epoch", "rows_per_s", "binllm_x", "note"]
 

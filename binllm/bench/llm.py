@@ -33,11 +33,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import data, hashing, scoring, tuning
-from ..codebook import CodeBook
-from ..prompts import PromptBuilder, PromptConfig
-from . import machine, report
-from .report import Row, bound_by, timeit
+from binllm import data
+from binllm.bench import machine, report
+from binllm.bench.report import Row, bound_by, timeit
+from binllm.cf import hashing
+from binllm.cf.codebook import CodeBook
+from binllm.llm import scoring, tuning
+from binllm.llm.prompts import PromptBuilder, PromptConfig
 
 COLUMNS = ["section", "impl", "value", "unit", "vs_binllm", "frac_limit", "bound", "note"]
 
@@ -45,7 +47,7 @@ COLUMNS = ["section", "impl", "value", "unit", "vs_binllm", "frac_limit", "bound
 def sharded_scoring(prep: data.Prepared, n_rows: int) -> list[Row]:
     """`binllm score` of the same test rows in 1 process (2 threads) and under torchrun with 2 processes
     (1 thread each); the gathered scores must equal the 1-process scores."""
-    from .. import stages
+    from binllm.run import stages
 
     out: list[Row] = []
     tmp = tempfile.mkdtemp()

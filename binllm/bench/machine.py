@@ -401,7 +401,7 @@ def model_matmul_flops(shapes: Iterable[tuple[int, int]], tokens: int, dtype: st
     limit an LLM stage of that shape can reach; 2 * tokens * k * n FLOPs a matmul."""
     import torch
 
-    from .. import threads as _threads
+    from binllm import threads as _threads
 
     shapes = list(shapes)
     g = torch.Generator().manual_seed(0)

@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_save, atomic_write_text
-from .machine import summary
+from binllm._io import atomic_save, atomic_write_text
+from binllm.bench.machine import summary
 
 #: One table row: column name -> value (missing columns print empty).
 Row = dict[str, Any]

@@ -10,19 +10,23 @@
 * :mod:`~binllm.data.prepared` holds the result (:class:`Prepared`), the one
   on-disk format every later stage reads, written atomically
   (:meth:`Prepared.save`) and read back with checks (:func:`load_prepared`);
-* :mod:`~binllm.data.reference` reads the reference code's prepared pickles.
+* :mod:`~binllm.data.reference` reads the reference code's prepared pickles;
+* :mod:`~binllm.data.sources` reads a named source (:func:`load_source`) with
+  its protocol's settings.
+
+Imports run one way: readers <- prepared <- protocol <- sources, reference;
+no module here imports a later one or another's private names.
 
 Everything is vectorised (numpy/pandas/pyarrow).
 """
 from __future__ import annotations
 
-from .prepared import FORMAT_VERSION, SPLITS, Prepared, load_prepared
-from .protocol import PROTOCOLS, Protocol, default_protocol, prepare, user_time_split
-from .readers import (
+from binllm.data.prepared import FORMAT_VERSION, SPLITS, Prepared, load_prepared
+from binllm.data.protocol import PROTOCOLS, Protocol, default_protocol, prepare, user_time_split
+from binllm.data.readers import (
     DataError,
     Ratings,
     fill_missing_titles,
-    load_source,
     ml100k_dir,
     parse_columns,
     read_amazon,
@@ -30,7 +34,8 @@ from .readers import (
     read_ml100k,
     read_table,
 )
-from .reference import read_reference_pickles
+from binllm.data.reference import read_reference_pickles
+from binllm.data.sources import load_source
 
 __all__ = [
     "FORMAT_VERSION", "PROTOCOLS", "SPLITS", "DataError", "Prepared", "Protocol", "Ratings", "default_protocol",

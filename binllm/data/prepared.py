@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import _io
-from .readers import DataError
+from binllm import _io
+from binllm.data.readers import DataError
 
 FORMAT_VERSION = 1
 SPLITS = {"train": -1, "valid": 0, "test": 1}
@@ -33,7 +33,7 @@ WARM_DEFINITION = "warm = not_cold = user and item both occur in train; cold = t
 OUTPUT_KIND = "prepared"
 
 
-def _file_hash(name: str) -> str | None:
+def file_hash(name: str) -> str | None:
     path = Path(name.split(":", 1)[0]) if not Path(name).exists() else Path(name)
     if not path.is_file():
         return None
@@ -65,7 +65,7 @@ def _draw_valid_small(flag: np.ndarray, fraction: float, seed: int) -> np.ndarra
     return small
 
 
-def _finish_rows(uid: np.ndarray, iid: np.ndarray, label: np.ndarray, timestamp: np.ndarray, flag: np.ndarray,
+def finish_rows(uid: np.ndarray, iid: np.ndarray, label: np.ndarray, timestamp: np.ndarray, flag: np.ndarray,
                  his_count: np.ndarray, n_user_slots: int, n_item_slots: int, valid_small: float,
                  seed: int) -> pd.DataFrame:
     """The rows table shared by every way of making a :class:`Prepared`: train
@@ -101,9 +101,9 @@ def _clean_legacy_temps(path: Path) -> None:
     older than this process are touched, so a concurrent save is left alone."""
     import re
 
-    from .._io import _process_start
+    from binllm._io import process_start
 
-    started = _process_start(os.getpid())
+    started = process_start(os.getpid())
     pat = re.compile(r"^\." + re.escape(path.name) + r"\.([a-z0-9_]{8}|old)$")
     for e in path.parent.iterdir() if path.parent.is_dir() else ():
         m = pat.match(e.name)
@@ -311,7 +311,7 @@ class Prepared:
                            tmp / "items.parquet")
             pq.write_table(pa.table({"uid": np.arange(len(self.user_ids), dtype=np.int32),
                                      "user": self.user_ids.astype(str)}), tmp / "users.parquet")
-            self.meta["checksums"] = {f: _file_hash(str(tmp / f)) for f in DATA_FILES}
+            self.meta["checksums"] = {f: file_hash(str(tmp / f)) for f in DATA_FILES}
             (tmp / "meta.json").write_text(json.dumps(self.meta, indent=1, default=str))
         return path
 
@@ -343,7 +343,7 @@ def load_prepared(path: str | os.PathLike) -> Prepared:
         if not isinstance(sums, dict) or set(sums) != set(DATA_FILES):
             raise DataError(f"{path / 'meta.json'}: malformed checksums; prepare again")
         for f in DATA_FILES:
-            if _file_hash(str(path / f)) != sums[f]:
+            if file_hash(str(path / f)) != sums[f]:
                 raise DataError(f"{path / f} does not match the sha256 in meta.json (changed after it was "
                                 "prepared); prepare again")
     import pyarrow as pa

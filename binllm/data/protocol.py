@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .prepared import FORMAT_VERSION, SPLITS, WARM_DEFINITION, Prepared, _file_hash, _finish_rows
-from .readers import DataError, Ratings, _check_missing_titles
+from binllm.data.prepared import FORMAT_VERSION, SPLITS, WARM_DEFINITION, Prepared, file_hash, finish_rows
+from binllm.data.readers import DataError, Ratings, check_missing_titles
 
 
 @dataclass
@@ -83,7 +83,7 @@ class Protocol:
             raise ValueError(f"user_min_ratings must be >= 1; got {self.user_min_ratings}")
         if self.history_len < 1:
             raise ValueError(f"history_len must be >= 1; got {self.history_len}")
-        _check_missing_titles(self.missing_titles)
+        check_missing_titles(self.missing_titles)
         if not isinstance(self.domain, str) or not self.domain.isidentifier():
             raise ValueError(f"domain must be a word such as 'movie' or 'book'; got {self.domain!r}")
         lo, hi = self.rating_range
@@ -111,7 +111,7 @@ _DEFAULT_PROTOCOL = {"ml-100k": "ml-100k-user", "ml-1m": "ml-1m", "amazon-book":
 
 
 def default_protocol(source: str) -> str:
-    """The protocol name used for a :func:`~binllm.data.readers.load_source` source.
+    """The protocol name used for a :func:`~binllm.data.sources.load_source` source.
 
     ``'ml-100k'`` (the embedded demonstration) gets the per-user time split
     ``'ml-100k-user'``; ``'ml-1m'`` and ``'amazon-book'`` their published
@@ -323,7 +323,7 @@ def prepare(ratings: Ratings, protocol: Protocol | str) -> Prepared:
         skipped["items_without_title"] = int(missing.sum())
     item_titles = np.r_[[""], titles.fillna("").astype(str).to_numpy()].astype(object)
 
-    rows = _finish_rows(uid, iid, label, frame["timestamp"].to_numpy(), flag, counts, len(uniq_users) + 1,
+    rows = finish_rows(uid, iid, label, frame["timestamp"].to_numpy(), flag, counts, len(uniq_users) + 1,
                         len(uniq_items) + 1, p.valid_small, p.seed)
     meta = {
         "format_version": FORMAT_VERSION,
@@ -333,7 +333,7 @@ def prepare(ratings: Ratings, protocol: Protocol | str) -> Prepared:
         "protocol": dataclasses.asdict(p),
         "split_info": info,
         "skipped": skipped,
-        "files": {f: _file_hash(f) for f in ratings.files},
+        "files": {f: file_hash(f) for f in ratings.files},
         "n_users": len(uniq_users),
         "n_items": len(uniq_items),
         "warm_definition": WARM_DEFINITION,

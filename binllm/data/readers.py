@@ -298,7 +298,7 @@ def read_table(path: str | os.PathLike, user: str = "user", item: str = "item", 
     ``skipped['items_without_title']``; with ``'error'`` (default)
     :func:`~binllm.data.protocol.prepare` refuses them.
     """
-    _check_missing_titles(missing_titles)
+    check_missing_titles(missing_titles)
     path = Path(path)
     _require_file(path, "ratings file")
 
@@ -352,7 +352,7 @@ def _is_number(value: object) -> bool:
     return True
 
 
-def _check_missing_titles(mode: str) -> None:
+def check_missing_titles(mode: str) -> None:
     if mode not in MISSING_TITLES:
         raise ValueError(f"missing_titles must be 'error' or 'empty'; got {mode!r}")
 
@@ -392,39 +392,3 @@ def parse_columns(spec: str) -> dict[str, str]:
     if dup:
         raise DataError(f"--columns names column(s) {dup} more than once: {spec!r}")
     return dict(zip(COLUMN_ROLES, names))
-
-
-def load_source(source: str, path: str | os.PathLike | None = None, meta_path: str | os.PathLike | None = None,
-                missing_titles: str = "error", **kw: Any) -> Ratings:
-    """Reads a named source: 'ml-100k' (embedded default), 'ml-1m', 'amazon-book', or 'table'.
-
-    Args:
-        source: the source name.
-        path: the source's file or folder (optional for 'ml-100k').
-        meta_path: Amazon metadata file ('amazon-book' only).
-        missing_titles: ``'error'`` (prepare refuses untitled items) or
-            ``'empty'`` (they get an empty title; see :func:`fill_missing_titles`).
-        kw: passed on to :func:`read_amazon` or :func:`read_table`.
-    """
-    _check_missing_titles(missing_titles)
-    ratings = _load_source(source, path, meta_path, **kw)
-    return fill_missing_titles(ratings) if missing_titles == "empty" else ratings
-
-
-def _load_source(source: str, path: str | os.PathLike | None, meta_path: str | os.PathLike | None,
-                 **kw: Any) -> Ratings:
-    if source == "ml-100k":
-        return read_ml100k(path)
-    if path is None:
-        raise ValueError(f"source {source!r} needs a path")
-    if source == "ml-1m":
-        return read_ml1m(path)
-    if source == "amazon-book":
-        if meta_path is None:
-            raise ValueError("source 'amazon-book' needs meta_path (meta_Books.json.gz)")
-        from .protocol import PROTOCOLS  # the protocol module builds on this one
-
-        return read_amazon(path, meta_path, year=PROTOCOLS["amazon-book"].year, **kw)
-    if source == "table":
-        return read_table(path, **kw)
-    raise ValueError(f"source must be 'ml-100k', 'ml-1m', 'amazon-book' or 'table'; got {source!r}")

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .prepared import FORMAT_VERSION, SPLITS, WARM_DEFINITION, Prepared, _file_hash, _finish_rows
-from .readers import DataError
+from binllm.data.prepared import FORMAT_VERSION, SPLITS, WARM_DEFINITION, Prepared, file_hash, finish_rows
+from binllm.data.readers import DataError
 
 # Modules whose globals may be resolved at all; the object found must then be in _allowed_objects().
 _SAFE_MODULES = ("numpy", "pandas", "pyarrow", "builtins", "__builtin__", "_codecs")
@@ -158,12 +158,12 @@ def read_reference_pickles(folder: str | os.PathLike, valid_small: float = 0.5, 
     lengths = np.array([len(h) for h in his], np.int64)
     offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
     values = np.concatenate(his) if len(his) else np.zeros(0, np.int32)
-    rows = _finish_rows(df["uid"].to_numpy().astype(np.int32), df["iid"].to_numpy().astype(np.int32),
+    rows = finish_rows(df["uid"].to_numpy().astype(np.int32), df["iid"].to_numpy().astype(np.int32),
                         df["label"].to_numpy(), df["timestamp"].to_numpy(), df["flag"].to_numpy().astype(np.int8),
                         lengths, n_users, n_items, valid_small, seed)
     meta = {"format_version": FORMAT_VERSION, "source": "reference-pickles", "protocol_name": "reference",
             "protocol": {"name": "reference", "valid_small": valid_small, "seed": seed},
-            "files": {str(f): _file_hash(str(f)) for f in files.values()}, "skipped": {},
+            "files": {str(f): file_hash(str(f)) for f in files.values()}, "skipped": {},
             "n_users": n_users - 1, "n_items": n_items - 1, "warm_definition": WARM_DEFINITION}
     if domain is not None:
         meta["domain"] = domain

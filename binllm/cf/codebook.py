@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
-from . import _io, textcodes
-from . import codes as _codes
-from ._types import TextStyle
+from binllm import _io
+from binllm._types import TextStyle
+from binllm.kernels import codes as _codes
+from binllm.kernels import textcodes
 
 if TYPE_CHECKING:
-    from .data import Prepared
-    from .hashing import HashModel
+    from binllm.cf.hashing import HashModel
+    from binllm.data import Prepared
 
 FORMAT = "binllm-codebook-1"
 

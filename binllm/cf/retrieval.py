@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import codes as _codes
+from binllm.kernels import codes as _codes
 
 if TYPE_CHECKING:
-    from .data import Prepared
+    from binllm.data import Prepared
 
 NONE_ITEM = -1  # fills list places when fewer items than asked remain after exclusion
 

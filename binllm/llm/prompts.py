@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from .codebook import CodeBook
-    from .data import Prepared
+    from binllm.cf.codebook import CodeBook
+    from binllm.data import Prepared
 
 FIELDS = ("<ItemTitleList>", "<UserID>", "<TargetItemTitle>", "<TargetItemID>")
 CODE_FIELDS = ("<UserID>", "<TargetItemID>")
@@ -91,7 +91,7 @@ class PromptBuilder:
     Args:
         config: the prompt settings.
         titles: item title by iid (object array, titles[0] = '').
-        codebook: a :class:`binllm.codebook.CodeBook`; required when the template has code fields.
+        codebook: a :class:`binllm.cf.codebook.CodeBook`; required when the template has code fields.
     """
 
     def __init__(self, config: PromptConfig, titles: np.ndarray, codebook: CodeBook | None = None):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from . import _cuda_ext  # ImportError here means: no CUDA build
-from ._types import CoreUnpackDtype, OutDtype, ScoreKind
+from binllm import _cuda_ext  # ImportError here means: no CUDA build
+from binllm._types import CoreUnpackDtype, OutDtype, ScoreKind
 
 # Enum values come from the extension (core/bits.h), never hard-coded here.
 _FLOAT = {torch.float32: _cuda_ext.FLOAT_TYPES["float32"], torch.float16: _cuda_ext.FLOAT_TYPES["float16"],

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from .data import Prepared
+    from binllm.data import Prepared
 
 ALGORITHMS = ("als", "bpr")
 #: Settings of each anchor picked by valid HR@10 (results/lists_search_broad.md); `factors` as binllm's 64-bit codes.
@@ -47,7 +47,7 @@ def implicit_factors(prep: Prepared, algorithm: str, seed: int = 0, threads: int
     from implicit.cpu.bpr import BayesianPersonalizedRanking
     from threadpoolctl import threadpool_limits  # a dependency of implicit
 
-    from . import threads as _threads
+    from binllm import threads as _threads
 
     tr = prep.split("train")
     liked = tr[tr["label"].to_numpy() == 1]

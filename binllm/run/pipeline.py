@@ -1,4 +1,4 @@
-"""The main job, ``binllm run``: the stages of :mod:`binllm.stages` composed
+"""The main job, ``binllm run``: the stages of :mod:`binllm.run.stages` composed
 under one run folder: prepare -> hash model and MF -> text-only tuning (step 1)
 -> BinLLM tuning (step 2, codes) -> scores of every method on the same test
 rows -> the metrics table with bootstrap intervals.
@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import stages
-from ._io import atomic_write_json, atomic_write_text
-from .progress import log
+from binllm._io import atomic_write_json, atomic_write_text
+from binllm.progress import log
+from binllm.run import stages
 
 if TYPE_CHECKING:  # torch-free import of the package: tuning loads lazily
-    from .hashing import HashConfig
-    from .tuning import TuneConfig
+    from binllm.cf.hashing import HashConfig
+    from binllm.llm.tuning import TuneConfig
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 CODE_STYLES = ("dotted", "bits")
@@ -43,7 +43,7 @@ class RunConfig:
     """Settings of ``binllm run`` (every field is a ``--flag`` of the command).
 
     Args:
-        out: the run folder (layout in the binllm.stages docstring).
+        out: the run folder (layout in the binllm.run.stages docstring).
         data: a prepared dataset folder to use (``binllm prepare``); None prepares `source` into out/data.
         source: what to prepare when `data` is None: 'ml-100k' (embedded), 'ml-1m', 'amazon-book' or
             'table' (with `columns`).
@@ -203,8 +203,8 @@ def llm_stages(cfg: RunConfig) -> list[Stage]:
 
 def retrieval_config(cfg: RunConfig) -> HashConfig | None:
     """The retrieval codes' hash model of a run (None with retrieval_objective 'none'):
-    :meth:`binllm.hashing.HashConfig.retrieval_codes` with the run's objective, bits, epochs and seed."""
-    from .hashing import HashConfig
+    :meth:`binllm.cf.hashing.HashConfig.retrieval_codes` with the run's objective, bits, epochs and seed."""
+    from binllm.cf.hashing import HashConfig
 
     if cfg.retrieval_objective == "none":
         return None
@@ -214,7 +214,7 @@ def retrieval_config(cfg: RunConfig) -> HashConfig | None:
 
 def tune_config(cfg: RunConfig, st: Stage) -> TuneConfig:
     """The LoRA settings of one tuning stage of a run (tools/recipe_search.py starts from them too)."""
-    from .tuning import TuneConfig
+    from binllm.llm.tuning import TuneConfig
 
     return TuneConfig(lr=st.lr, batch_size=cfg.batch_size, max_steps=st.steps, eval_steps=cfg.eval_steps,
                       patience=cfg.patience, warmup_steps=min(20, st.steps // 10), lora_r=cfg.lora_r,
@@ -228,7 +228,7 @@ def check_run(cfg: RunConfig) -> str:
 
     Raises:
         ValueError, FileNotFoundError, StageError: one line naming what is missing or wrong."""
-    from . import scoring
+    from binllm.llm import scoring
 
     device = scoring.resolve_device(cfg.device)
     data_dir = Path(cfg.data) if cfg.data else Path(cfg.out) / "data"
@@ -244,15 +244,16 @@ def run(cfg: RunConfig, progress: bool = True) -> dict:
     Checks what it can first (:func:`check_run`), then holds the run folder's lock
     (:mod:`binllm.locks`) to the end: a second ``binllm run`` on the same folder is refused."""
     device = check_run(cfg)
-    from . import locks
+    from binllm import locks
 
     with locks.hold(cfg.out):
         return _run(cfg, device, progress)
 
 
 def _run(cfg: RunConfig, device: str, progress: bool) -> dict:
-    from . import data, hashing, threads
-    from .prompts import PromptConfig
+    from binllm import data, threads
+    from binllm.cf import hashing
+    from binllm.llm.prompts import PromptConfig
 
     if progress:
         log(threads.describe())  # a slow run on a shared machine then says how it ran
@@ -326,7 +327,7 @@ def _run(cfg: RunConfig, device: str, progress: bool) -> dict:
     want_lists = {"rerank_users": cfg.rerank_users, "n": cfg.list_candidates, "n_boot": cfg.n_boot}
     old_lists = json.loads(lists_file.read_text()).get("settings", {}) if lists_file.is_file() else None
     if old_lists is None or any(old_lists.get(k) != v for k, v in want_lists.items()):
-        from .recommend import evaluate_lists, lists_markdown
+        from binllm.lists import evaluate_lists, lists_markdown
 
         if progress:
             log(f"recommendation lists: retrieval for every user, re-ranking {cfg.list_candidates} candidates "

@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from . import metrics, threads
-from ._io import atomic_write_json
-from .progress import is_terminal, log
-from .scoring import answer_token_ids, collate_left, last_logits
+from binllm import metrics, threads
+from binllm._io import atomic_write_json
+from binllm.llm.scoring import answer_token_ids, collate_left, last_logits
+from binllm.progress import is_terminal, log
 
 
 @dataclass

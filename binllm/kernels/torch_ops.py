@@ -1,6 +1,6 @@
 """binllm's code kernels and the straight-through sign as ``torch.library`` custom ops.
 
-``import binllm.torch_ops`` registers, in the ``binllm`` namespace:
+``import binllm.kernels.torch_ops`` registers, in the ``binllm`` namespace:
 
 =========================================================  ===============================================
 op                                                         result
@@ -14,7 +14,7 @@ op                                                         result
 =========================================================  ===============================================
 
 The kernels (every op but ``sign_ste``) call binllm's public functions
-(:mod:`binllm.codes`): CPU tensors go to the C++ core as zero-copy numpy views,
+(:mod:`binllm.kernels.codes`): CPU tensors go to the C++ core as zero-copy numpy views,
 CUDA tensors to the CUDA backend, so results equal the eager functions bit for
 bit and bad input raises the same errors. Each op has a fake (meta) kernel that
 gives output shapes and dtypes (symbolic sizes included) and rejects bad dtypes,
@@ -33,7 +33,7 @@ exported models these ops are the way in.
 ``sign_ste`` is written in torch ops (any device) with its backward registered
 through ``torch.library.register_autograd``: forward +1 where x >= 0 (both
 zeros give +1, as ``csrc/core/bits.h``), -1 elsewhere (NaN gives -1, as
-:class:`binllm.hashing.SignSTE`); backward passes the gradient unchanged, or
+:class:`binllm.cf.hashing.SignSTE`); backward passes the gradient unchanged, or
 only where |x| <= 1 with ``clip=True``.
 
 Use the Python functions of this module (they check that inputs are tensors and
@@ -46,9 +46,9 @@ from typing import cast
 
 import torch
 
-from . import codes as _codes
-from ._backend import whole as _whole
-from ._types import OutDtype, UnpackDtype
+from binllm._types import OutDtype, UnpackDtype
+from binllm.kernels import eager
+from binllm.kernels.arrays import whole as _whole
 
 __all__ = ["dot_all", "hamming_all", "pack_signs", "sign_ste", "topk", "unpack_signs"]
 
@@ -100,7 +100,7 @@ def _check_out_dtype(out_dtype: str, d: int) -> torch.dtype:
 
 def _require_tensor(name: str, x: object) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch tensor (binllm.torch_ops works on tensors; the functions in "
+        raise TypeError(f"{name} must be a torch tensor (binllm.kernels.torch_ops works on tensors; the functions in "
                         f"binllm take numpy arrays too); got {type(x).__name__}")
     return x
 
@@ -110,7 +110,7 @@ def _require_tensor(name: str, x: object) -> torch.Tensor:
 
 @torch.library.custom_op("binllm::pack_signs", mutates_args=(), device_types=("cpu", "cuda"))
 def _pack_signs(x: torch.Tensor) -> torch.Tensor:
-    return _codes.pack_signs(x)
+    return eager.pack_signs(x)
 
 
 @_pack_signs.register_fake
@@ -140,7 +140,7 @@ def pack_signs(x: torch.Tensor) -> torch.Tensor:
 
 @torch.library.custom_op("binllm::unpack_signs", mutates_args=(), device_types=("cpu", "cuda"))
 def _unpack_signs(codes: torch.Tensor, d: int, dtype: str) -> torch.Tensor:
-    return _codes.unpack_signs(codes, d, cast(UnpackDtype, dtype))  # str in the op schema
+    return eager.unpack_signs(codes, d, cast(UnpackDtype, dtype))  # str in the op schema
 
 
 @_unpack_signs.register_fake
@@ -178,12 +178,12 @@ def unpack_signs(codes: torch.Tensor, d: int, dtype: str | torch.dtype = "float3
 
 @torch.library.custom_op("binllm::dot_all", mutates_args=(), device_types=("cpu", "cuda"))
 def _dot_all(a: torch.Tensor, b: torch.Tensor, d: int, out_dtype: str) -> torch.Tensor:
-    return _codes.dot_all(a, b, d, cast(OutDtype, out_dtype))  # str in the op schema
+    return eager.dot_all(a, b, d, cast(OutDtype, out_dtype))  # str in the op schema
 
 
 @torch.library.custom_op("binllm::hamming_all", mutates_args=(), device_types=("cpu", "cuda"))
 def _hamming_all(a: torch.Tensor, b: torch.Tensor, d: int, out_dtype: str) -> torch.Tensor:
-    return _codes.hamming_all(a, b, d, cast(OutDtype, out_dtype))  # str in the op schema
+    return eager.hamming_all(a, b, d, cast(OutDtype, out_dtype))  # str in the op schema
 
 
 def _all_fake(a: torch.Tensor, b: torch.Tensor, d: int, out_dtype: str) -> torch.Tensor:
@@ -221,7 +221,7 @@ def hamming_all(a: torch.Tensor, b: torch.Tensor, d: int, out_dtype: str = "int3
 
 @torch.library.custom_op("binllm::topk", mutates_args=(), device_types=("cpu", "cuda"))
 def _topk(queries: torch.Tensor, items: torch.Tensor, d: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return _codes.topk(queries, items, d, k)
+    return eager.topk(queries, items, d, k)
 
 
 @_topk.register_fake
@@ -285,7 +285,7 @@ _sign_ste.register_autograd(_sign_ste_backward, setup_context=_sign_ste_setup)
 
 
 def sign_ste(x: torch.Tensor, clip: bool = False) -> torch.Tensor:
-    """Straight-through sign (op ``binllm::sign_ste``), a drop-in for :func:`binllm.hashing.sign_ste`.
+    """Straight-through sign (op ``binllm::sign_ste``), a drop-in for :func:`binllm.cf.hashing.sign_ste`.
 
     Args:
         x: floating-point tensor of any shape and device.

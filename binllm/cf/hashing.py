@@ -41,11 +41,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import _io, metrics, threads
-from . import codes as _codes
+from binllm import _io, metrics, threads
+from binllm.kernels import codes as _codes
 
 if TYPE_CHECKING:
-    from .data import Prepared
+    from binllm.data import Prepared
 
 
 class SignSTE(torch.autograd.Function):
@@ -115,8 +115,8 @@ class HashConfig:
         prior_weight: list objectives only: the exported codes get an item-popularity prior,
             ``prior_weight * log(1 + train positives)``, as extra thermometer bits (users all ones, so
             the +-1 product of the wider codes is the learned product plus the prior:
-            :func:`binllm.retrieval.append_prior_bits`); 0 = none; None = the weight of
-            :data:`binllm.retrieval.PRIOR_WEIGHTS` with the best valid NDCG@10.
+            :func:`binllm.cf.retrieval.append_prior_bits`); 0 = none; None = the weight of
+            :data:`binllm.cf.retrieval.PRIOR_WEIGHTS` with the best valid NDCG@10.
     """
 
     model: str = "hash"
@@ -361,7 +361,7 @@ class _ListData:
     positives drawn again once) and the valid list task (train items excluded)."""
 
     def __init__(self, prep: Prepared, cfg: HashConfig):
-        from . import retrieval
+        from binllm.cf import retrieval
 
         tr = prep.split("train")
         liked = tr[tr["label"].to_numpy() == 1]
@@ -429,7 +429,7 @@ class _ListData:
     @torch.no_grad()
     def evaluate(self, model: Model, k: int = 10) -> dict[str, float]:
         """Valid HR@k and NDCG@k of full-catalogue lists (binary codes for the hash model)."""
-        from . import retrieval
+        from binllm.cf import retrieval
 
         t = self.task
         model.eval()
@@ -448,10 +448,10 @@ def export_codes(model: HashModel, prep: Prepared, cfg: HashConfig) -> tuple[np.
 
     Objective 'bce': the model's codes as they are (info empty). List objectives: the learned d bits
     followed by the popularity-prior bits of ``cfg.prior_weight`` (chosen on valid lists when None:
-    the weight of :data:`binllm.retrieval.PRIOR_WEIGHTS` with the best valid NDCG@10, ties broken by
+    the weight of :data:`binllm.cf.retrieval.PRIOR_WEIGHTS` with the best valid NDCG@10, ties broken by
     popularity as the lists do); info records ``learned_bits``, ``prior_weight``, ``prior_bits`` and
     the valid HR@10 / NDCG@10 of each weight tried."""
-    from . import retrieval
+    from binllm.cf import retrieval
 
     uc, ic, d = model.packed_codes("user"), model.packed_codes("item"), model.d
     if not cfg.for_lists:
@@ -742,7 +742,7 @@ def _train(prep: Prepared, cfg: HashConfig, out_dir: str | os.PathLike | None, r
         bar.set_postfix(beta=f"{beta:.2f}", loss=f"{rec['loss']:.4f}", best=f"{st.best_auc:.4f}")
         last = st.epoch >= cfg.max_epochs or st.bad >= cfg.patience
         if log and (st.epoch % log_every == 0 or last):
-            from .progress import log as log_line
+            from binllm.progress import log as log_line
 
             extra = (f" bit_entropy {rec['item_bit_entropy']:.3f} codes {rec['item_distinct_codes']}"
                      if "item_bit_entropy" in rec else "")

@@ -79,7 +79,7 @@ def default_model_dir(progress: bool = True) -> Path:
 
     Processes that need it at once (torchrun ranks, two runs) convert it once: the others wait for
     the lock (:func:`binllm.locks.wait_for`) and then find the finished copy."""
-    from . import _io, locks
+    from binllm import _io, locks
 
     out = cache_dir() / "models" / "smollm2-135m-instruct"
     if _converted(out):
@@ -93,7 +93,7 @@ def default_model_dir(progress: bool = True) -> Path:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers import modeling_gguf_pytorch_utils as gguf_utils
 
-        from .progress import is_terminal, log
+        from binllm.progress import is_terminal, log
 
         if progress:
             log(f"converting {src.name} to {out} (once)")
@@ -357,8 +357,8 @@ class Scorer:
     def score_ids(self, ids: Sequence[Sequence[int]], progress: bool = False, desc: str = "score") -> np.ndarray:
         import torch
 
-        from . import threads
-        from .progress import Progress
+        from binllm import threads
+        from binllm.progress import Progress
 
         n = len(ids)
         out = np.empty(n, np.float32)

@@ -8,7 +8,7 @@ first). :class:`PrefixScorer` runs that shared prefix once per group with
 * The shared prefix is found on the token ids, not on the text: it is the
   longest common token prefix of the group's tokenized prompts (at least one
   token is left in every suffix). So the model sees exactly the tokens the
-  full-prompt :class:`binllm.scoring.Scorer` sees, whatever the template or
+  full-prompt :class:`binllm.llm.scoring.Scorer` sees, whatever the template or
   tokenizer (a text split would change tokens at the boundary with BPE).
 * Suffixes are batched; the prefix cache is expanded along the batch
   (``expand``: a view, no copy). Suffixes of one batch are left-padded *after*
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .scoring import answer_token_ids, keep_last
+from binllm.llm.scoring import answer_token_ids, keep_last
 
 
 def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
@@ -85,7 +85,7 @@ class PrefixScorer:
     """Yes/No scores of prompt groups that share a prefix, one prefix pass per group.
 
     Args:
-        model, tokenizer: from :func:`binllm.scoring.load_llm` (a peft model works too).
+        model, tokenizer: from :func:`binllm.llm.scoring.load_llm` (a peft model works too).
         mode: 'yes_logit' (the reference) or 'p_yes' (softmax over the Yes/No pair).
         batch_size: suffixes per forward pass.
         min_prefix: groups whose shared prefix is shorter than this many tokens

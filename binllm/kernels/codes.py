@@ -7,7 +7,13 @@ x >= 0. The +-1 inner product of two codes is ``d - 2 * hamming``.
 
 Every function takes numpy arrays or torch tensors and returns the same kind;
 CPU tensors share memory with numpy (no copies), CUDA tensors run on the CUDA
-backend. ``d`` is always explicit because the packed width cannot tell 30
+backend. Tensors given to pack_signs, unpack_signs, dot_all, hamming_all (without
+``out=``) and topk go through the ``torch.library`` ops of
+:mod:`binllm.kernels.torch_ops` (the same kernels and results), so the plain call
+``binllm.pack_signs(t)`` traces under ``torch.compile(fullgraph=True)``; the other
+functions run eagerly (:mod:`binllm.kernels.eager`) and break a graph.
+
+``d`` is always explicit because the packed width cannot tell 30
 dimensions from 32.
 
 Limits, each checked with a ValueError that names the argument:
@@ -28,10 +34,26 @@ import typing
 
 import numpy as np
 
-from . import _backend
-from ._types import ArrayT, OutDtype, UnpackDtype
+from binllm._types import ArrayT, OutDtype, UnpackDtype
+from binllm.kernels import arrays, eager
 
-_UNPACK_DTYPES = typing.get_args(UnpackDtype)  # the Literal is the one list
+if typing.TYPE_CHECKING:
+    from types import ModuleType
+
+
+def _ops(*xs: object) -> ModuleType | None:
+    """binllm.kernels.torch_ops when every input is a CPU or CUDA tensor (imported on the first one:
+    torch is loaded by then), else None: numpy goes to the eager kernels, and tensors on other
+    devices (meta, mps, ...) get their ValueError naming the argument there."""
+    if not all(arrays.is_torch(x) and x.device.type in arrays.BACKENDS for x in xs):
+        return None
+    import torch
+
+    if not all(isinstance(x, torch.Tensor) for x in xs):  # duck-typed stand-ins take the eager path
+        return None
+    from binllm.kernels import torch_ops
+
+    return torch_ops
 
 
 def pack_signs(x: ArrayT) -> ArrayT:
@@ -46,7 +68,9 @@ def pack_signs(x: ArrayT) -> ArrayT:
         ValueError: x holds NaN (the message names the row and column).
         TypeError: wrong dtype or number of dimensions.
     """
-    return _backend.impl(x=x).pack_signs(x)
+    if ops := _ops(x):
+        return ops.pack_signs(x)
+    return eager.pack_signs(x)
 
 
 def unpack_signs(codes: ArrayT, d: int, dtype: UnpackDtype = "float32") -> ArrayT:
@@ -59,24 +83,24 @@ def unpack_signs(codes: ArrayT, d: int, dtype: UnpackDtype = "float32") -> Array
     Returns:
         (n, d) array of +1/-1 in `dtype`.
     """
-    if dtype not in _UNPACK_DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(_UNPACK_DTYPES)}; got {dtype!r}")
-    return _backend.impl(codes=codes).unpack(codes, _backend.whole("d", d), dtype)
+    if dtype in eager.UNPACK_DTYPES and (ops := _ops(codes)):
+        return ops.unpack_signs(codes, d, dtype)
+    return eager.unpack_signs(codes, d, dtype)
 
 
 def unpack_bits(codes: ArrayT, d: int) -> ArrayT:
     """Unpacks codes to 0/1 bits: uint8 (n, d), as ``numpy.unpackbits(..., count=d)``."""
-    return _backend.impl(codes=codes).unpack(codes, _backend.whole("d", d), "bits")
+    return eager.unpack_bits(codes, d)
 
 
 def dot_rows(a: ArrayT, b: ArrayT, d: int) -> ArrayT:
     """+-1 inner products of aligned rows: int32 (n,), out[r] = <a_r, b_r> in [-d, d]."""
-    return _backend.impl(a=a, b=b).score_pairs(a, b, _backend.whole("d", d), "dot")
+    return eager.dot_rows(a, b, d)
 
 
 def hamming_rows(a: ArrayT, b: ArrayT, d: int) -> ArrayT:
     """Hamming distances of aligned rows: int32 (n,) in [0, d]."""
-    return _backend.impl(a=a, b=b).score_pairs(a, b, _backend.whole("d", d), "hamming")
+    return eager.hamming_rows(a, b, d)
 
 
 def dot_all(a: ArrayT, b: ArrayT, d: int, out_dtype: OutDtype = "int32", out: ArrayT | None = None) -> ArrayT:
@@ -85,12 +109,16 @@ def dot_all(a: ArrayT, b: ArrayT, d: int, out_dtype: OutDtype = "int32", out: Ar
     `out`, a C-contiguous (n, m) array of `out_dtype` that shares no memory with
     `a` or `b`, is filled and returned instead of a new array (repeated calls then
     skip page faults of fresh memory)."""
-    return _backend.impl(a=a, b=b).score_all(a, b, _backend.whole("d", d), "dot", out_dtype, out)
+    if out is None and (ops := _ops(a, b)):
+        return ops.dot_all(a, b, d, out_dtype)
+    return eager.dot_all(a, b, d, out_dtype, out)
 
 
 def hamming_all(a: ArrayT, b: ArrayT, d: int, out_dtype: OutDtype = "int32", out: ArrayT | None = None) -> ArrayT:
     """Hamming distances of all pairs: (n, m) int32 or int16 (d <= 32767); `out` as in :func:`dot_all`."""
-    return _backend.impl(a=a, b=b).score_all(a, b, _backend.whole("d", d), "hamming", out_dtype, out)
+    if out is None and (ops := _ops(a, b)):
+        return ops.hamming_all(a, b, d, out_dtype)
+    return eager.hamming_all(a, b, d, out_dtype, out)
 
 
 def topk(queries: ArrayT, items: ArrayT, d: int, k: int) -> tuple[ArrayT, ArrayT]:
@@ -102,14 +130,11 @@ def topk(queries: ArrayT, items: ArrayT, d: int, k: int) -> tuple[ArrayT, ArrayT
         (scores int32 (n, k), indices int64 (n, k)), best first; equal scores
         are ordered by the lower item index.
     """
-    return _backend.impl(queries=queries, items=items).topk(queries, items, _backend.whole("d", d),
-                                                            _backend.whole("k", k))
+    if ops := _ops(queries, items):
+        return ops.topk(queries, items, d, k)
+    return eager.topk(queries, items, d, k)
 
 
 def balance(codes: ArrayT, d: int) -> np.ndarray:
     """Share of ones per bit: float64 (d,). 0.5 everywhere means balanced bits."""
-    bits = unpack_bits(codes, d)
-    host: np.ndarray = bits.cpu().numpy() if _backend.is_torch(bits) else np.asarray(bits)
-    if host.shape[0] == 0:
-        return np.full(d, np.nan)
-    return host.mean(axis=0, dtype=np.float64)
+    return eager.balance(codes, d)

@@ -1,16 +1,16 @@
 """The one place where an operation picks its backend.
 
 numpy arrays and CPU torch tensors go to the C++ CPU core (``binllm._core``);
-CUDA tensors go to the CUDA backend (``binllm._cuda_backend`` over the
+CUDA tensors go to the CUDA backend (``binllm.kernels.cuda`` over the
 ``binllm._cuda_ext`` kernels) when it was built.
 Tensors on any other device (meta, mps, xla, ...) are rejected with a
 ValueError naming the argument. Nothing is ever moved between devices
 silently. torch is never imported here: tensors are recognised by duck typing
 so that ``import binllm`` stays light.
 
-``impl(**inputs)`` returns the backend module for the inputs, ``binllm._cpu_backend`` or
-``binllm._cuda_backend``: the same functions with the same signatures (bitsandbytes' shape: one op,
-per-device implementations, one table), so the public functions in ``binllm.codes`` are one line each.
+``impl(**inputs)`` returns the backend module for the inputs, ``binllm.kernels.cpu`` or
+``binllm.kernels.cuda``: the same functions with the same signatures (bitsandbytes' shape: one op,
+per-device implementations, one table), so the public functions in ``binllm.kernels.codes`` are one line each.
 
 ``require_backend`` (tests, benchmarks) and ``BINLLM_BACKEND`` ('cpu' or 'cuda') require that
 backend: inputs on the other device raise ValueError instead of running there. Any other value of
@@ -24,25 +24,19 @@ import os
 import warnings
 from collections.abc import Callable
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
+from typing import Any, TypedDict, TypeVar
 
-import numpy as np
+from binllm import _core
+from binllm.kernels import cpu as _cpu_backend
+from binllm.kernels.arrays import BACKENDS, common_device
 
-from . import _core, _cpu_backend
-
-if TYPE_CHECKING:  # type names only; torch is never imported at run time here
-    from typing import TypeGuard
-
-    import torch
-
-_BACKENDS = ("cpu", "cuda")
 T = TypeVar("T")
 
 
 def _env_backend() -> tuple[str | None, str | None]:
     """The backend BINLLM_BACKEND requires (or None), and the problem with its value (or None)."""
     value = os.environ.get("BINLLM_BACKEND", "")
-    if value == "" or value in _BACKENDS:
+    if value == "" or value in BACKENDS:
         return (value or None), None
     return None, f"BINLLM_BACKEND={value!r} ignored (expected 'cpu' or 'cuda'); choosing the backend by device"
 
@@ -52,7 +46,7 @@ _REQUIRED, _BACKEND_PROBLEM = _env_backend()
 
 def config_problems() -> list[str]:
     """Problems with the BINLLM_* environment variables (each names the variable and the fallback used)."""
-    from . import threads  # stdlib only at import; the stage-thread variables are parsed there
+    from binllm import threads  # stdlib only at import; the stage-thread variables are parsed there
 
     problems = list(_core.config_problems())
     if _BACKEND_PROBLEM:
@@ -60,44 +54,9 @@ def config_problems() -> list[str]:
     return problems + threads.env_problems()
 
 
-def _warn_config_problems() -> None:
+def warn_config_problems() -> None:
     for p in config_problems():
         warnings.warn(p, RuntimeWarning, stacklevel=3)
-
-
-def whole(name: str, v: object) -> int:
-    """`v` as an int when it is a whole number (int, numpy integer); TypeError naming `name` otherwise.
-
-    Checked here, before the C++ core, because pybind's own refusal of ``d=37.0`` is a multi-line
-    "incompatible function arguments" listing, and it takes ``True`` as 1."""
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer; got {type(v).__name__} {v!r}")
-    return int(v)
-
-
-def is_torch(x: object) -> TypeGuard[torch.Tensor]:
-    """Whether x is a torch tensor (by duck typing: torch is never imported here)."""
-    return type(x).__module__.split(".")[0] == "torch" and hasattr(x, "device")
-
-
-def device_of(name: str, x: Any) -> str:
-    """'cpu' for numpy arrays and CPU tensors, the device string of CUDA tensors; others raise ValueError."""
-    if is_torch(x):
-        kind = x.device.type
-        if kind not in _BACKENDS:
-            raise ValueError(f"{name} is on device {kind!r}; binllm runs on 'cpu' and 'cuda' tensors only "
-                             f"(move it with .to('cpu'))")
-        return "cpu" if kind == "cpu" else str(x.device)
-    return "cpu"
-
-
-def common_device(**arrays: Any) -> str:
-    devices = {name: device_of(name, x) for name, x in arrays.items()}
-    found = set(devices.values())
-    if len(found) > 1:
-        listing = ", ".join(f"{n} on {d}" for n, d in devices.items())
-        raise ValueError(f"inputs must be on one device; got {listing}")
-    return found.pop() if found else "cpu"
 
 
 def require_backend(name: str | None) -> None:
@@ -119,9 +78,9 @@ def set_backend(name: str | None) -> None:
 
 
 def cuda_module() -> ModuleType:
-    """``binllm._cuda_backend``; RuntimeError with what to do when this build has no CUDA module."""
+    """``binllm.kernels.cuda``; RuntimeError with what to do when this build has no CUDA module."""
     try:
-        from . import _cuda_backend
+        from binllm.kernels import cuda as _cuda_backend
     except ImportError as e:
         raise RuntimeError(
             "this binllm build has no CUDA backend, so CUDA tensors cannot be used; reinstall on a machine "
@@ -148,39 +107,6 @@ def impl(**arrays: Any) -> ModuleType:
     topk with the same signatures. Raises ValueError when the inputs sit on different devices (or
     not on the required backend) and RuntimeError for CUDA inputs without a CUDA build."""
     return cuda_module() if backend_for(**arrays) == "cuda" else _cpu_backend
-
-
-def host_view(name: str, x: Any) -> tuple[np.ndarray, bool]:
-    """A numpy view of a numpy array or CPU tensor, and whether it is bfloat16 bits.
-
-    No copy, except for torch's lazy negated/conjugated views, which are resolved first."""
-    if is_torch(x):
-        import torch
-
-        device_of(name, x)
-        t = x.detach()
-        if t.is_neg() or t.is_conj():
-            t = t.resolve_neg().resolve_conj()
-        if t.dtype == torch.bfloat16:
-            return t.view(torch.int16).numpy(), True
-        try:
-            return t.numpy(), False
-        except (TypeError, RuntimeError, NotImplementedError) as e:
-            raise TypeError(f"{name} has torch dtype {t.dtype}, which has no numpy equivalent; "
-                            f"convert it (for example .float()) first") from e
-    if isinstance(x, np.ndarray):
-        return x, False
-    raise TypeError(f"{name} must be a numpy array or a torch tensor; got {type(x).__name__}")
-
-
-def like(out: np.ndarray, ref: Any, torch_dtype: Any = None) -> Any:
-    """Returns `out` as the same kind of container as `ref` (torch in, torch out)."""
-    if not is_torch(ref):
-        return out
-    import torch
-
-    t = torch.from_numpy(out)
-    return t.view(torch_dtype) if torch_dtype is not None else t
 
 
 class BuildInfo(TypedDict):
@@ -213,8 +139,8 @@ def build_info() -> BuildInfo:
     cuda: dict[str, int | str] | None
     try:
         # The extension itself, not the torch-based backend: diagnostics (binllm doctor) must not import torch.
-        if importlib.util.find_spec(f"{__package__}._cuda_ext"):
-            cuda = importlib.import_module(f"{__package__}._cuda_ext").build_info()
+        if importlib.util.find_spec("binllm._cuda_ext"):
+            cuda = importlib.import_module("binllm._cuda_ext").build_info()
         else:
             cuda = None
     except Exception as e:  # noqa: BLE001  (a broken CUDA module is a problem to report)

@@ -3,7 +3,7 @@
 Each stage reads and writes one documented place, writes atomically, is skipped
 when its finished outputs exist, and resumes when it was interrupted. The
 command line (``binllm prepare | pretrain | tune | score | evaluate``) and the
-composition :func:`binllm.pipeline.run` are thin layers over these functions.
+composition :func:`binllm.run.pipeline.run` are thin layers over these functions.
 
 Layout of a run folder (``binllm run --out RUN``; each stage can also be run on
 its own with any of these paths)::
@@ -13,7 +13,7 @@ its own with any of these paths)::
     RUN/hash/                     hash model + MF baseline (binllm pretrain)
         codebook.safetensors      packed user/item codes, id maps, config, metrics, checksum
         metrics.json              full-test metrics of both models, code statistics
-        hash/checkpoint.pt, mf/checkpoint.pt   resumable training state (private to binllm.hashing)
+        hash/checkpoint.pt, mf/checkpoint.pt   resumable training state (private to binllm.cf.hashing)
     RUN/samples.json              row numbers of the train / valid / test samples (fixed by the seed)
     RUN/llm/<name>/adapter/       a tuned LoRA adapter (binllm tune) + binllm.json (configs, history)
     RUN/llm/<name>/checkpoints/   Trainer checkpoints, removed once the adapter is final
@@ -45,16 +45,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import locks, metrics
-from ._io import atomic_save, atomic_write_json, atomic_write_text, sha256_file
-from .progress import log
+from binllm import locks, metrics
+from binllm._io import atomic_save, atomic_write_json, atomic_write_text, sha256_file
+from binllm.progress import log
 
 if TYPE_CHECKING:  # heavy imports only for type checkers
-    from .codebook import CodeBook
-    from .data import Prepared
-    from .hashing import HashConfig
-    from .prompts import PromptConfig
-    from .tuning import TuneConfig
+    from binllm.cf.codebook import CodeBook
+    from binllm.cf.hashing import HashConfig
+    from binllm.data import Prepared
+    from binllm.llm.prompts import PromptConfig
+    from binllm.llm.tuning import TuneConfig
 
 SCORE_METHODS = ("llm", "binmf", "mf", "popularity")
 SAMPLE_SPLITS = ("train", "valid_small", "valid", "test")
@@ -109,7 +109,7 @@ def _refuse(out: Path, holds: str, diffs: list[str], how: str) -> StageError:
 
 
 def _data_fingerprint(data_dir: str | os.PathLike) -> str | None:
-    from .data.prepared import read_fingerprint
+    from binllm.data.prepared import read_fingerprint
 
     return read_fingerprint(data_dir)
 
@@ -164,7 +164,7 @@ def check_source(source: str, path: str | os.PathLike | None = None, meta: str |
         StageError: naming the argument and what was expected.
         FileNotFoundError: a path that does not exist, or ML-100K without recbole's package data.
     """
-    from . import data
+    from binllm import data
 
     if source not in SOURCES:
         raise StageError(f"source must be one of {', '.join(SOURCES)}; got {source!r}")
@@ -194,7 +194,7 @@ def _prepare_request(source: str, path: str | os.PathLike | None, meta: str | os
                      protocol: str | None, columns: str | None, history_len: int | None,
                      missing_titles: str | None) -> dict:
     """What a prepared folder records of the call that made it (meta.json "prepare"), as compared on reuse."""
-    from . import data
+    from binllm import data
 
     name = "reference" if source == "reference" else (protocol or data.default_protocol(source))
     return {"source": source, "path": str(Path(path).resolve()) if path else None,
@@ -207,7 +207,7 @@ def _prepare_request(source: str, path: str | os.PathLike | None, meta: str | os
 
 def _check_prepared_reuse(out: Path, want: dict) -> None:
     """Refuses to reuse a prepared folder made from another source, path, protocol or files."""
-    from .data.prepared import _file_hash
+    from binllm.data.prepared import file_hash
 
     meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
     how = "use another --out, or --overwrite to prepare it again"
@@ -224,7 +224,7 @@ def _check_prepared_reuse(out: Path, want: dict) -> None:
     if diffs:
         raise _refuse(out, "a dataset", diffs, how)
     for f, recorded in (meta.get("files") or {}).items():
-        now = _file_hash(f)
+        now = file_hash(f)
         if recorded and now is not None and now != recorded:
             raise StageError(f"{out} was prepared from {f}, which has changed since (its sha256 differs); {how}")
 
@@ -241,7 +241,7 @@ def prepare(out: str | os.PathLike, source: str = "ml-100k", path: str | None = 
     unless `overwrite`, which prepares it again (atomically).
     `source`: 'ml-100k' (embedded), 'ml-1m', 'amazon-book', 'table' (CSV/Parquet
     with `columns`), 'reference' (the reference pickles; needs trust_pickles)."""
-    from . import data
+    from binllm import data
 
     check_source(source, path, meta, protocol, columns)
     out_p = Path(out)
@@ -281,7 +281,7 @@ PRETRAIN_MODELS = {"hash": "codebook.safetensors", "mf": None, "retrieval": "ret
 def _normal_config(c: object, where: Path) -> dict | None:
     """A stored HashConfig dict with today's defaults filled in (None stays None), so folders written
     before a field existed compare equal to the same settings now."""
-    from .hashing import HashConfig
+    from binllm.cf.hashing import HashConfig
 
     if c is None:
         return None
@@ -311,8 +311,9 @@ def pretrain(data_dir: str | os.PathLike, out: str | os.PathLike, cfg: HashConfi
     compared, so a code book replaced behind metrics.json's back is refused. An interrupted run
     resumes from its checkpoints when `resume` (else hashing refuses to overwrite them). Returns the
     metrics dict (per model: full-test metrics, under ``configs`` the settings)."""
-    from . import data, hashing, threads
-    from .codebook import CodeBook
+    from binllm import data, threads
+    from binllm.cf import hashing
+    from binllm.cf.codebook import CodeBook
 
     out_p = Path(out)
     asked = {"hash": cfg, "mf": mf_cfg, "retrieval": retrieval_cfg}
@@ -389,7 +390,7 @@ def pretrain(data_dir: str | os.PathLike, out: str | os.PathLike, cfg: HashConfi
 
 def _check_codebook_matches(out: Path, book: str, done: dict, name: str) -> None:
     """A finished pretrain folder's code book `book` must be the one its metrics.json describes."""
-    from .codebook import CodeBook
+    from binllm.cf.codebook import CodeBook
 
     f = out / book
     if not f.is_file():
@@ -409,8 +410,8 @@ def _check_codebook_matches(out: Path, book: str, done: dict, name: str) -> None
 def _prompt_sets(prep: Prepared, cb: CodeBook | None, pc: PromptConfig, tok: object,
                  splits: dict[str, np.ndarray], max_length: int) -> dict:
     """Tokenized prompts (with labels and users) of row-number samples."""
-    from . import scoring, tuning
-    from .prompts import PromptBuilder
+    from binllm.llm import scoring, tuning
+    from binllm.llm.prompts import PromptBuilder
 
     builder = PromptBuilder(pc, prep.titles, cb if pc.uses_codes else None)
     res = {}
@@ -429,7 +430,7 @@ def _prompt_sets(prep: Prepared, cb: CodeBook | None, pc: PromptConfig, tok: obj
 
 
 def _load_codebook(path: str | os.PathLike | None, prep: Prepared, needed: bool) -> CodeBook | None:
-    from .codebook import CodeBook
+    from binllm.cf.codebook import CodeBook
 
     if path is None:
         if needed:
@@ -444,7 +445,7 @@ def _tune_settings(data_dir: str | os.PathLike, prompt: PromptConfig, cfg: TuneC
                    codebook: str | os.PathLike | None, model: str, init_adapter: str | os.PathLike | None,
                    train_rows: int | None, valid_rows: int | None, seed: int, max_length: int) -> dict:
     """What an adapter (and its checkpoints) is tuned from, as recorded and compared on reuse."""
-    from .codebook import CodeBook
+    from binllm.cf.codebook import CodeBook
 
     return {"prompt": dataclasses.asdict(prompt), "tune_config": dataclasses.asdict(cfg), "model": _model_id(model),
             "data": _data_fingerprint(data_dir),
@@ -500,7 +501,8 @@ def tune(data_dir: str | os.PathLike, out: str | os.PathLike, prompt: PromptConf
     tuning, give the first step's adapter as `init_adapter`. Under ``torchrun`` /
     ``accelerate launch`` every process runs this function and the Trainer does
     DDP (or FSDP / DeepSpeed from the accelerate config); rank 0 writes."""
-    from . import data, scoring, threads, tuning
+    from binllm import data, threads
+    from binllm.llm import scoring, tuning
 
     out_p = Path(out)
     info_file = out_p / "adapter" / "binllm.json"
@@ -613,7 +615,7 @@ def baseline_scores(prep: Prepared, method: str, rows: np.ndarray, codebook: str
             raise StageError("method 'mf' needs the pretrain folder (--hash-dir) with the MF baseline")
         import torch
 
-        from . import hashing
+        from binllm.cf import hashing
 
         mf_dir = Path(hash_dir) / "mf"
         if not (mf_dir / "checkpoint.pt").is_file():
@@ -635,7 +637,7 @@ def _score_settings(prep: Prepared, data_dir: str | os.PathLike, method: str, sp
     """What a score file is computed from (its meta "settings"), as compared on reuse: the method,
     the sample, the data fingerprint and per method the code book checksum, the MF checkpoint's
     sha256, or the model, adapter weights' sha256, prompt and max_length."""
-    from .codebook import CodeBook
+    from binllm.cf.codebook import CodeBook
 
     out: dict[str, object] = {"method": method, "split": split, "rows": rows, "seed": seed,
                               "data": _data_fingerprint(data_dir)}
@@ -683,7 +685,7 @@ def score(data_dir: str | os.PathLike, out: str | os.PathLike, method: str = "ll
     `overwrite`, which scores again). Under
     ``torchrun`` each rank scores an interleaved share of the rows and rank 0
     gathers and writes; returns the scores on rank 0 and None elsewhere."""
-    from . import data
+    from binllm import data
 
     if method not in SCORE_METHODS:
         raise StageError(f"method must be one of {SCORE_METHODS}; got {method!r}")
@@ -725,8 +727,8 @@ def _llm_inputs(prep: Prepared, adapter: str | os.PathLike | None, codebook: str
                 ) -> tuple[PromptConfig, str | os.PathLike | None, str, int, str | None]:
     """(prompt config, code book, model, max_length, the code book's dataset fingerprint the adapter
     wants) of LLM scoring: an adapter's binllm.json fills in what the call leaves at its default."""
-    from . import scoring
-    from .prompts import PromptConfig
+    from binllm.llm import scoring
+    from binllm.llm.prompts import PromptConfig
 
     if adapter is None:
         return (prompt if prompt is not None else PromptConfig(kind="text", domain=prep.domain)), codebook, model, \
@@ -746,7 +748,8 @@ def _llm_inputs(prep: Prepared, adapter: str | os.PathLike | None, codebook: str
 def _score_llm(prep: Prepared, r: np.ndarray, model: str, adapter: str | os.PathLike | None,
                codebook: str | os.PathLike | None, prompt: PromptConfig | None, device: str, dtype: str,
                batch_size: int, max_length: int, progress: bool, meta: dict) -> np.ndarray | None:
-    from . import scoring, threads
+    from binllm import threads
+    from binllm.llm import scoring
 
     rank, world = _dist()
     pc, codebook, model, max_length, want_fingerprint = _llm_inputs(prep, adapter, codebook, model, prompt, max_length)
@@ -801,7 +804,7 @@ def evaluate(data_dir: str | os.PathLike, score_files: Mapping[str, str | os.Pat
     paired-bootstrap intervals of a - b. Counts of warm and cold rows are part of
     the result. With `out` (a path without suffix) writes out.md, out.json and
     out.png atomically. Returns the result dict."""
-    from . import data
+    from binllm import data
 
     files = dict(score_files) if isinstance(score_files, Mapping) else {Path(f).stem: f for f in score_files}
     if not files:

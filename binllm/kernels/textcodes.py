@@ -20,17 +20,18 @@ from typing import TYPE_CHECKING, Literal, overload
 
 import numpy as np
 
-from . import _backend, _core
-from ._types import ArrayT, TextBuffer, TextOut, Texts, TextStyle
+from binllm import _core
+from binllm._types import ArrayT, TextBuffer, TextOut, Texts, TextStyle
+from binllm.kernels import arrays
 
 if TYPE_CHECKING:
     import torch
 
 
 def _host_codes(codes: np.ndarray | torch.Tensor) -> np.ndarray:
-    if _backend.is_torch(codes) and _backend.device_of("codes", codes) != "cpu":
+    if arrays.is_torch(codes) and arrays.device_of("codes", codes) != "cpu":
         codes = codes.detach().cpu()
-    arr, _ = _backend.host_view("codes", codes)
+    arr, _ = arrays.host_view("codes", codes)
     return arr
 
 
@@ -44,7 +45,7 @@ def to_bits(codes: ArrayT, d: int, out: Literal["buffer"]) -> TextBuffer: ...
 def to_bits(codes: ArrayT, d: int, out: TextOut) -> Texts: ...
 def to_bits(codes: ArrayT, d: int, out: TextOut = "list") -> Texts:
     """Bit strings of packed codes (n, ceil(d/8)): d characters each."""
-    return _core.format_bits(_host_codes(codes), _backend.whole("d", d), out)
+    return _core.format_bits(_host_codes(codes), arrays.whole("d", d), out)
 
 
 @overload
@@ -57,17 +58,17 @@ def to_dotted(codes: ArrayT, d: int, out: Literal["buffer"]) -> TextBuffer: ...
 def to_dotted(codes: ArrayT, d: int, out: TextOut) -> Texts: ...
 def to_dotted(codes: ArrayT, d: int, out: TextOut = "list") -> Texts:
     """Dotted-decimal strings of packed codes (n, ceil(d/8)): ceil(d/8) numbers each."""
-    return _core.format_dotted(_host_codes(codes), _backend.whole("d", d), out)
+    return _core.format_dotted(_host_codes(codes), arrays.whole("d", d), out)
 
 
 def from_bits(texts: Sequence[str] | Sequence[bytes] | np.ndarray, d: int) -> np.ndarray:
     """Parses bit strings (list of str/bytes, or numpy 'S'/'U' array) into uint8 (n, ceil(d/8))."""
-    return _core.parse_bits(texts, _backend.whole("d", d))
+    return _core.parse_bits(texts, arrays.whole("d", d))
 
 
 def from_dotted(texts: Sequence[str] | Sequence[bytes] | np.ndarray, d: int) -> np.ndarray:
     """Parses dotted-decimal strings into uint8 (n, ceil(d/8))."""
-    return _core.parse_dotted(texts, _backend.whole("d", d))
+    return _core.parse_dotted(texts, arrays.whole("d", d))
 
 
 @overload
