@@ -1,3 +1,4 @@
+"""``python -m binllm``: the command line (:mod:`binllm.cli`)."""
 import sys
 
 from binllm.cli import main

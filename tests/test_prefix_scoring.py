@@ -91,7 +91,18 @@ def test_common_prefix_and_bad_input(lm):
     with pytest.raises(ValueError, match="group must have one entry per prompt"):
         ps.score_ids([[1, 2]], [0, 1])
     for kw, msg in (({"mode": "logit"}, "mode must be"), ({"batch_size": 0}, "batch_size must be >= 1"),
-                    ({"min_prefix": 0}, "min_prefix must be >= 1")):
+                    ({"min_prefix": 0}, "min_prefix must be an integer >= 1")):
         with pytest.raises(ValueError, match=msg):
             PrefixScorer(model, tok, **kw)
     assert ps.score_groups([[]])[0].shape == (0,)
+
+
+def test_collate_left_with_a_prefix_continues_its_positions():
+    """One padding path: with prefix=p the mask covers the cached prefix and positions go on from it;
+    checked against a hand-written batch."""
+    ids, mask, pos = scoring.collate_left([[5, 6, 7], [8]], pad_id=0, prefix=4)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert mask.tolist() == [[1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 1]]
+    assert pos.tolist() == [[4, 5, 6], [4, 4, 4]]
+    ids0, mask0, pos0 = scoring.collate_left([[5, 6, 7], [8]], pad_id=0)
+    assert mask0.tolist() == [[1, 1, 1], [0, 0, 1]] and pos0.tolist() == [[0, 1, 2], [0, 0, 0]]

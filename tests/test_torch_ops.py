@@ -278,6 +278,31 @@ def test_compile_fullgraph_without_graph_breaks(rng):
         assert torch.equal(got, want)
 
 
+def _retrieve_top_level(x: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """_retrieve written with the natural calls of the package root, not binllm.kernels.torch_ops."""
+    c = binllm.pack_signs(torch.tanh(x))
+    s, i = binllm.topk(c, items, 21, 3)
+    u = binllm.unpack_signs(c, 21)
+    return binllm.dot_all(c, items, 21).float().mean(1), binllm.hamming_all(c, items, 21), s, i, u
+
+
+def test_top_level_functions_compile_fullgraph_on_tensors(rng):
+    """binllm.pack_signs & co. hand CPU tensors to the torch ops, so the plain call traces (it used to break
+    the graph at the numpy view) and gives what the ops and the reference give."""
+    x = torch.from_numpy(rng.standard_normal((5, 21)).astype(np.float32))
+    items = t_codes(rng, 12, 21)
+    explained = torch._dynamo.explain(_retrieve_top_level)(x, items)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1
+    compiled = torch.compile(_retrieve_top_level, fullgraph=True, backend="aot_eager")
+    got, eager = compiled(x, items), _retrieve_top_level(x, items)
+    for g, e in zip(got, eager):
+        assert torch.equal(g, e)
+    assert torch.equal(eager[0], _retrieve(x, items)[0])
+    np.testing.assert_array_equal(eager[2].numpy(), ref_topk(ref_pack(torch.tanh(x).numpy()), items.numpy(), 21, 3)[0])
+    # numpy in, numpy out, as before
+    assert isinstance(binllm.pack_signs(x.numpy()), np.ndarray)
+
+
 class _HashLike(torch.nn.Module):
     def __init__(self, d: int = 21):
         super().__init__()

@@ -21,7 +21,7 @@ CSR arrays are ``offsets`` (q + 1,) and ``values`` (offsets[-1],).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -98,6 +98,33 @@ def check_tie_order(tie_order: np.ndarray | None, m: int) -> np.ndarray | None:
     return t.astype(np.int64)
 
 
+def search_excluding(q: int, m: int, n: int, excl_offsets: np.ndarray, excl_items: np.ndarray, chunk: int,
+                     search: Callable[[int, int, int], tuple[np.ndarray, np.ndarray]],
+                     score_dtype: type) -> tuple[np.ndarray, np.ndarray]:
+    """The over-fetch-and-filter loop every retrieval here runs: for each chunk of queries a..b,
+    ``search(a, b, kk)`` gives its top kk = n + (most exclusions of a query in the chunk) scores and
+    indices, and the excluded items are dropped (:func:`filter_excluded`), so n remain wherever the
+    catalogue has them. excl_offsets, excl_items: checked CSR (:func:`_exclusions_or_empty`).
+    Returns (scores (q, n) of `score_dtype`, idx int64 (q, n))."""
+    scores = np.empty((q, n), score_dtype)
+    idx = np.empty((q, n), np.int64)
+    counts = np.diff(excl_offsets)
+    for a in range(0, q, chunk):
+        b = min(q, a + chunk)
+        kk = min(m, n + int(counts[a:b].max()))
+        if kk == 0:  # an empty catalogue
+            scores[a:b] = np.iinfo(score_dtype).min if np.issubdtype(score_dtype, np.integer) else -np.inf
+            idx[a:b] = NONE_ITEM
+            continue
+        s, i = search(a, b, kk)
+        off = excl_offsets[a:b + 1] - excl_offsets[a]
+        if off[-1] == 0 and kk >= n:  # nothing to exclude in this chunk
+            scores[a:b], idx[a:b] = s[:, :n], i[:, :n]
+        else:
+            scores[a:b], idx[a:b] = filter_excluded(s, i, off, excl_items[excl_offsets[a]:excl_offsets[b]], n, m)
+    return scores, idx
+
+
 def retrieve_codes(user_codes: np.ndarray, item_codes: np.ndarray, d: int, n: int,
                    excl_offsets: np.ndarray | None = None, excl_items: np.ndarray | None = None,
                    chunk: int = 8192, tie_order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -127,21 +154,8 @@ def retrieve_codes(user_codes: np.ndarray, item_codes: np.ndarray, d: int, n: in
         rank_of = np.empty(m, np.int64)
         rank_of[order] = np.arange(m)
         excl_items = rank_of[excl_items.astype(np.int64)]
-    scores = np.empty((q, n), np.int32)
-    idx = np.empty((q, n), np.int64)
-    counts = np.diff(excl_offsets)
-    for a in range(0, q, chunk):
-        b = min(q, a + chunk)
-        kk = min(m, n + (int(counts[a:b].max()) if b > a else 0))
-        if kk == 0:
-            scores[a:b], idx[a:b] = np.iinfo(np.int32).min, NONE_ITEM
-            continue
-        s, i = _codes.topk(user_codes[a:b], item_codes, d, kk)
-        off = excl_offsets[a:b + 1] - excl_offsets[a]
-        if off[-1] == 0 and kk >= n:  # nothing to exclude in this chunk
-            scores[a:b], idx[a:b] = s[:, :n], i[:, :n]
-        else:
-            scores[a:b], idx[a:b] = filter_excluded(s, i, off, excl_items[excl_offsets[a]:excl_offsets[b]], n, m)
+    scores, idx = search_excluding(q, m, n, excl_offsets, excl_items, chunk,
+                                   lambda a, b, kk: _codes.topk(user_codes[a:b], item_codes, d, kk), np.int32)
     if order is not None:
         idx = np.where(idx >= 0, order[np.maximum(idx, 0)], NONE_ITEM)
     return scores, idx
@@ -156,18 +170,13 @@ def retrieve_dense(user_vecs: np.ndarray, item_vecs: np.ndarray, n: int, excl_of
     q, m = len(user_vecs), len(item_vecs)
     excl_offsets, excl_items = _exclusions_or_empty(q, m, excl_offsets, excl_items)
     it = torch.from_numpy(np.ascontiguousarray(item_vecs, np.float32))
-    scores = np.empty((q, n), np.float32)
-    idx = np.empty((q, n), np.int64)
-    counts = np.diff(excl_offsets)
-    for a in range(0, q, chunk):
-        b = min(q, a + chunk)
-        kk = min(m, n + int(counts[a:b].max()))
-        s = torch.from_numpy(np.ascontiguousarray(user_vecs[a:b], np.float32)) @ it.T
-        top = torch.topk(s, kk, dim=1, sorted=True)
-        off = excl_offsets[a:b + 1] - excl_offsets[a]
-        scores[a:b], idx[a:b] = filter_excluded(top.values.numpy(), top.indices.numpy().astype(np.int64), off,
-                                                excl_items[excl_offsets[a]:excl_offsets[b]], n, m)
-    return scores, idx
+
+    def search(a: int, b: int, kk: int) -> tuple[np.ndarray, np.ndarray]:
+        top = torch.topk(torch.from_numpy(np.ascontiguousarray(user_vecs[a:b], np.float32)) @ it.T, kk, dim=1,
+                         sorted=True)
+        return top.values.numpy(), top.indices.numpy().astype(np.int64)
+
+    return search_excluding(q, m, n, excl_offsets, excl_items, chunk, search, np.float32)
 
 
 def retrieve_ranked(item_scores: np.ndarray, q: int, n: int, excl_offsets: np.ndarray | None = None,
@@ -178,10 +187,12 @@ def retrieve_ranked(item_scores: np.ndarray, q: int, n: int, excl_offsets: np.nd
     m = len(s)
     excl_offsets, excl_items = _exclusions_or_empty(q, m, excl_offsets, excl_items)
     order = np.argsort(-s, kind="stable")
-    counts = np.diff(excl_offsets)
-    kk = min(m, n + (int(counts.max()) if q else 0))
-    idx = np.broadcast_to(order[:kk].astype(np.int64), (q, kk))
-    return filter_excluded(np.broadcast_to(s[order[:kk]], (q, kk)), idx, excl_offsets, excl_items, n, m)
+
+    def search(a: int, b: int, kk: int) -> tuple[np.ndarray, np.ndarray]:
+        return (np.broadcast_to(s[order[:kk]], (b - a, kk)),
+                np.broadcast_to(order[:kk].astype(np.int64), (b - a, kk)))
+
+    return search_excluding(q, m, n, excl_offsets, excl_items, max(q, 1), search, s.dtype.type)
 
 
 def popularity(prep: Prepared, splits: Sequence[str] = ("train",)) -> np.ndarray:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from binllm.llm.scoring import answer_token_ids, keep_last
+from binllm.llm.scoring import answer_scores, answer_token_ids, check_scorer, collate_left, keep_last, pad_id
 
 
 def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
@@ -94,28 +94,16 @@ class PrefixScorer:
 
     def __init__(self, model: Any, tokenizer: Any, mode: str = "yes_logit", batch_size: int = 32,
                  min_prefix: int = 8, yes: str = " Yes", no: str = " No"):
-        if mode not in ("yes_logit", "p_yes"):
-            raise ValueError(f"mode must be 'yes_logit' or 'p_yes'; got {mode!r}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-        if min_prefix < 1:
-            raise ValueError(f"min_prefix must be >= 1; got {min_prefix}")
+        check_scorer(mode, batch_size)
+        if isinstance(min_prefix, bool) or not isinstance(min_prefix, int) or min_prefix < 1:
+            raise ValueError(f"min_prefix must be an integer >= 1; got {min_prefix!r}")
         self.model, self.tokenizer, self.mode = model, tokenizer, mode
         self.batch_size, self.min_prefix = batch_size, min_prefix
         self.yes_id, self.no_id = answer_token_ids(tokenizer, yes, no)
         self._kw = _cache_keyword(model)
-        pad = tokenizer.pad_token_id
-        self.pad_id = int(pad if pad is not None else tokenizer.eos_token_id)
+        self.pad_id = pad_id(tokenizer)
         # tokens run through the model, for the benchmark's accounting
         self.tokens_run = 0
-
-    def _reduce(self, logits: Any) -> Any:
-        import torch
-
-        logits = logits.float()
-        if self.mode == "yes_logit":
-            return logits[:, self.yes_id]
-        return torch.softmax(logits[:, [self.yes_id, self.no_id]], -1)[:, 0]
 
     def _score_group(self, ids: Sequence[Sequence[int]], dev: Any) -> np.ndarray:
         import torch
@@ -141,15 +129,8 @@ class PrefixScorer:
         for b in range(0, n, self.batch_size):
             sel = order[b:b + self.batch_size]
             rows = [suffixes[i] for i in sel]
-            width = max(len(s) for s in rows)
-            t = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-            m = torch.zeros((len(rows), p + width), dtype=torch.long)
-            m[:, :p] = 1
-            for r, s in enumerate(rows):
-                t[r, width - len(s):] = torch.as_tensor(s)
-                m[r, p + width - len(s):] = 1
-            # positions continue from the prefix; pads get p (never read: masked as keys, last column is real)
-            pos = (p + (m[:, p:].cumsum(-1) - 1).clamp(min=0))
+            t, m, pos = collate_left(rows, self.pad_id, prefix=p)  # positions go on from the prefix
+            width = t.shape[1]
             kwargs: dict[str, Any] = dict(input_ids=t.to(dev), attention_mask=m.to(dev), position_ids=pos.to(dev),
                                           logits_to_keep=keep_last(width, dev))
             if p:
@@ -157,7 +138,7 @@ class PrefixScorer:
             else:
                 kwargs["use_cache"] = False
             logits = self.model(**kwargs).logits[:, -1, :]
-            out[sel] = self._reduce(logits).cpu().numpy()
+            out[sel] = answer_scores(logits, self.mode, self.yes_id, self.no_id).cpu().numpy()
             self.tokens_run += sum(len(s) for s in rows)
         return out
 

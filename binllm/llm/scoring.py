@@ -286,18 +286,31 @@ def fit_prompts(tokenizer: Any, build, n: int, max_titles: int, max_length: int)
     return ids, prompts
 
 
-def collate_left(batch_ids: Sequence[Sequence[int]], pad_id: int):
-    """Left-padded input_ids, attention_mask and position ids (0 at each prompt's first token)."""
+def pad_id(tokenizer: Any) -> int:
+    """The id prompts are padded with: the tokenizer's pad token, else its end-of-sequence token
+    (never read: padded places are masked out as keys, and the last column is always real)."""
+    pad = tokenizer.pad_token_id
+    return int(pad if pad is not None else tokenizer.eos_token_id)
+
+
+def collate_left(batch_ids: Sequence[Sequence[int]], pad_id: int, prefix: int = 0):
+    """Left-padded input_ids (b, width), attention_mask (b, prefix + width) and position ids (b, width)
+    of a batch; the one padding path of scoring, tuning and prefix scoring.
+
+    With `prefix` > 0 the rows continue a shared prefix of that many tokens held in a KV cache: the
+    mask covers it (all ones) and positions go on from it; otherwise positions start at 0 at each
+    prompt's first token. Padded places get the first real position (never read: masked as keys)."""
     import torch
 
     width = max(len(x) for x in batch_ids)
     ids = torch.full((len(batch_ids), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch_ids), width), dtype=torch.long)
+    mask = torch.zeros((len(batch_ids), prefix + width), dtype=torch.long)
+    mask[:, :prefix] = 1
     for r, x in enumerate(batch_ids):
         if len(x):
             ids[r, width - len(x):] = torch.as_tensor(x)
-            mask[r, width - len(x):] = 1
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            mask[r, prefix + width - len(x):] = 1
+    pos = prefix + (mask[:, prefix:].cumsum(-1) - 1).clamp(min=0)
     return ids, mask, pos
 
 
@@ -329,6 +342,28 @@ def last_logits(model: Any, ids, mask, pos):
     return out.logits[:, -1, :]
 
 
+SCORE_MODES = ("yes_logit", "p_yes")
+
+
+def check_scorer(mode: str, batch_size: int) -> None:
+    """The checks both scorers make of their settings: ValueError naming `mode` or `batch_size`."""
+    if mode not in SCORE_MODES:
+        raise ValueError(f"mode must be 'yes_logit' or 'p_yes'; got {mode!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 (an integer); got {batch_size!r}")
+
+
+def answer_scores(logits: Any, mode: str, yes_id: int, no_id: int) -> Any:
+    """Scores from last-position logits (b, vocab): the " Yes" logit ('yes_logit', the reference) or
+    P(Yes) of the softmax over the Yes/No pair ('p_yes'); float32 (b,)."""
+    import torch
+
+    logits = logits.float()
+    if mode == "yes_logit":
+        return logits[:, yes_id]
+    return torch.softmax(logits[:, [yes_id, no_id]], -1)[:, 0]
+
+
 class Scorer:
     """Batched Yes/No scoring.
 
@@ -344,10 +379,7 @@ class Scorer:
 
     def __init__(self, model: Any, tokenizer: Any, mode: str = "yes_logit", batch_size: int = 16,
                  yes: str = " Yes", no: str = " No", workers: int | None = None):
-        if mode not in ("yes_logit", "p_yes"):
-            raise ValueError(f"mode must be 'yes_logit' or 'p_yes'; got {mode!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1 (an integer); got {batch_size!r}")
+        check_scorer(mode, batch_size)
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
             raise ValueError(f"workers must be None or an integer >= 1; got {workers!r}")
         self.model, self.tokenizer, self.mode, self.batch_size = model, tokenizer, mode, batch_size
@@ -373,13 +405,9 @@ class Scorer:
         self.model.eval()
 
         def one(sel: np.ndarray) -> np.ndarray:
-            t, m, p = collate_left([ids[i] for i in sel], self.tokenizer.pad_token_id)
-            logits = last_logits(self.model, t.to(dev), m.to(dev), p.to(dev)).float()
-            if self.mode == "yes_logit":
-                s = logits[:, self.yes_id]
-            else:
-                s = torch.softmax(logits[:, [self.yes_id, self.no_id]], -1)[:, 0]
-            return s.cpu().numpy()
+            t, m, p = collate_left([ids[i] for i in sel], pad_id(self.tokenizer))
+            logits = last_logits(self.model, t.to(dev), m.to(dev), p.to(dev))
+            return answer_scores(logits, self.mode, self.yes_id, self.no_id).cpu().numpy()
 
         try:
             with torch.inference_mode(), Progress(n, desc, enabled=progress) as bar:

@@ -31,7 +31,7 @@ import numpy as np
 
 from binllm import metrics, threads
 from binllm._io import atomic_write_json
-from binllm.llm.scoring import answer_token_ids, collate_left, last_logits
+from binllm.llm.scoring import answer_token_ids, collate_left, last_logits, pad_id
 from binllm.progress import is_terminal, log
 
 
@@ -445,7 +445,7 @@ def tune(base_model: Any, tokenizer: Any, train: PromptSet, valid: PromptSet, cf
 
     trainer = _trainer_class()(
         model=model, args=args, train_dataset=_Rows(train), eval_dataset=_Rows(valid),
-        data_collator=_Collator(tokenizer.pad_token_id), compute_metrics=_compute_metrics,
+        data_collator=_Collator(pad_id(tokenizer)), compute_metrics=_compute_metrics,
         callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience), _LogEvaluations(), _LogToFile()],
         yes_id=yes_id, no_id=no_id, loss_kind=cfg.loss, shards_ok=shards_ok)
     from transformers.trainer_callback import PrinterCallback
