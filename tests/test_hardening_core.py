@@ -350,14 +350,11 @@ def test_concurrent_parse_with_threads_is_exact():
 
 
 def _cpuinfo_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        pytest.skip("no /proc/cpuinfo")
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    pytest.skip("no flags line in /proc/cpuinfo")
+    from binllm import _cpuinfo
+
+    if not _cpuinfo.flags():
+        pytest.skip("no flags line in a readable /proc/cpuinfo")
+    return set(_cpuinfo.flags())
 
 
 def test_supported_variants_match_cpuinfo():
@@ -371,3 +368,15 @@ def test_supported_variants_match_cpuinfo():
     assert list(_core.supported_variants()) == want
     r = run_python("import binllm; print(binllm.build_info()['cpu_variant'])")
     assert r.stdout.strip() == want[-1], r.stderr
+
+
+def test_cpuinfo_parse_reads_the_first_processor_and_tolerates_missing_lines():
+    from binllm import _cpuinfo
+
+    text = ("processor\t: 0\nmodel name\t: Some CPU @ 2GHz\nflags\t\t: fpu avx2 avx512f\n\n"
+            "processor\t: 1\nmodel name\t: Other\nflags\t\t: fpu\n")
+    assert _cpuinfo.parse(text) == (frozenset({"fpu", "avx2", "avx512f"}), "Some CPU @ 2GHz")
+    assert _cpuinfo.parse("processor : 0\n") == (frozenset(), "")
+    with pytest.raises(TypeError, match="text must be a str"):
+        _cpuinfo.parse(b"flags : avx2")  # type: ignore[arg-type]
+    assert _cpuinfo.flags() == _cpuinfo.parse(Path(_cpuinfo.PATH).read_text())[0] or not Path(_cpuinfo.PATH).exists()

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1] / "binllm"
 
 # Layer of each module prefix, lowest first; a module may import its own layer and those below.
 LAYERS = [
-    ("leaves", ["binllm._types", "binllm._io", "binllm._moved", "binllm._core", "binllm._cuda_ext",
+    ("leaves", ["binllm._types", "binllm._io", "binllm._moved", "binllm._cpuinfo", "binllm._core", "binllm._cuda_ext",
                 "binllm.progress", "binllm.threads", "binllm.locks", "binllm.metrics"]),
     ("kernels", ["binllm.kernels", "binllm"]),  # the package root is the kernel API (binllm.pack_signs, ...)
     ("data", ["binllm.data"]),

@@ -185,12 +185,24 @@ def expected_variant(cpu_flags: set[str]) -> str:
     return best
 
 
+def _cpuinfo_module():
+    """binllm/_cpuinfo.py loaded by path: the package's one /proc/cpuinfo reader, usable before binllm is built
+    (importing binllm itself needs its compiled core)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_binllm_cpuinfo", ROOT / "binllm" / "_cpuinfo.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def cpuinfo_flags(text: str) -> set[str]:
-    """The flags of the first processor in /proc/cpuinfo text."""
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    raise ValueError("no 'flags' line in /proc/cpuinfo")
+    """The flags of the first processor in /proc/cpuinfo text (binllm._cpuinfo.parse)."""
+    flags, _ = _cpuinfo_module().parse(text)
+    if not flags:
+        raise ValueError("no 'flags' line in /proc/cpuinfo")
+    return set(flags)
 
 
 def auditwheel_platform(show_output: str) -> str | None:

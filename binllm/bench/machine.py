@@ -56,22 +56,17 @@ PACKAGES: dict[str, tuple[str, ...]] = {
 }
 
 def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo ('' where there is none)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-    except OSError:
-        return platform.processor()
+    """The CPU's model name from /proc/cpuinfo (:mod:`binllm._cpuinfo`), else the platform's processor name."""
+    from binllm import _cpuinfo
+
+    return _cpuinfo.model() or platform.processor()
 
 
 def cpu_flags() -> list[str]:
     """The SIMD-related CPU flags (AVX*, AMX*, popcnt, f16c), sorted."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((ln for ln in f if ln.startswith("flags")), "").split(":", 1)[-1].split()
-    except OSError:
-        return []
-    return sorted(f for f in set(flags) if f.startswith(("avx", "amx")) or f in ("popcnt", "f16c"))
+    from binllm import _cpuinfo
+
+    return sorted(f for f in _cpuinfo.flags() if f.startswith(("avx", "amx")) or f in ("popcnt", "f16c"))
 
 
 def last_level_cache_bytes() -> int:

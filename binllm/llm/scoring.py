@@ -150,18 +150,12 @@ def fast_bf16_in(flags: str) -> bool:
     return any(f in FAST_BF16_FLAGS for f in flags.split())
 
 
-@functools.cache  # the CPU does not change while the process runs; load_llm asks on every call
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware (AMX or AVX-512 BF16): then bf16 is
     2-6x faster than float32; elsewhere it is emulated and much slower."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return fast_bf16_in(line.partition(":")[2])
-    except OSError:
-        pass
-    return False
+    from binllm import _cpuinfo
+
+    return fast_bf16_in(" ".join(sorted(_cpuinfo.flags())))
 
 
 def resolve_dtype(dtype: str, device: str) -> Any:
