@@ -10,6 +10,9 @@ against every installed peer after checking that the peer gives binllm's result.
 Every table starts from the machine facts and measured limits (:mod:`.machine`)
 and is written as markdown, CSV and a plot (:mod:`.report`). Suites are imported
 only when run, so ``import binllm`` never pulls in torch or the peers.
+
+The repository's top-level ``bench/`` holds the other benchmarks: scripts this command does not run
+(they need the repository checkout, a GPU or long runs), and every committed table (``bench/results/``).
 """
 from __future__ import annotations
 
