@@ -106,7 +106,7 @@ def search_excluding(q: int, m: int, n: int, excl_offsets: np.ndarray, excl_item
     indices, and the excluded items are dropped (:func:`filter_excluded`), so n remain wherever the
     catalogue has them. excl_offsets, excl_items: checked CSR (:func:`_exclusions_or_empty`).
     Returns (scores (q, n) of `score_dtype`, idx int64 (q, n))."""
-    scores = np.empty((q, n), score_dtype)
+    scores: np.ndarray = np.empty((q, n), score_dtype)
     idx = np.empty((q, n), np.int64)
     counts = np.diff(excl_offsets)
     for a in range(0, q, chunk):
