@@ -75,7 +75,8 @@ def run_config(run: Path, c: Config, valid_rows: int, train_rows: int, seed: int
         return json.loads(record.read_text())
     tc = TuneConfig(**{**BASE, **c.tune, "seed": seed})
     own = run / "llm" / "binllm_dotted" / "adapter" / "binllm.json"
-    if c.name == "A" and seed == 0 and own.is_file() and json.loads(own.read_text())["tune_config"] == json.loads(json.dumps(asdict(tc))):  # tuples as JSON lists
+    same = own.is_file() and json.loads(own.read_text())["tune_config"] == json.loads(json.dumps(asdict(tc)))
+    if c.name == "A" and seed == 0 and same:  # (compared as JSON: tuples are lists there)
         # the run's own step 2 is config A at seed 0: read it rather than train it again
         hist = json.loads(own.read_text())["history"]
         rec = {"name": c.name, "seed": seed, "note": c.note + " (the run's own step 2)", "tune": asdict(tc),
