@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
 import subprocess
 import sys
 import warnings
 from pathlib import Path
 
 import pytest
+
+from conftest import PKG_PARENT
 
 ROOT = Path(__file__).resolve().parents[1] / "binllm"
 
@@ -197,5 +200,8 @@ def test_old_module_paths_import_their_new_modules():
 def test_import_binllm_leaves_torch_and_transformers_out():
     code = ("import sys, binllm, binllm.llm, binllm.run, binllm.lists, binllm.cf, binllm.kernels; "
             "print(sorted(m for m in ('torch', 'transformers', 'pandas', 'peft') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # the package the tests import (installed, or a checkout with its built core), not the bare source tree
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([PKG_PARENT, os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PKG_PARENT,
+                         env=env)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
