@@ -106,3 +106,5 @@ def test_collate_left_with_a_prefix_continues_its_positions():
     assert pos.tolist() == [[4, 5, 6], [4, 4, 4]]
     ids0, mask0, pos0 = scoring.collate_left([[5, 6, 7], [8]], pad_id=0)
     assert mask0.tolist() == [[1, 1, 1], [0, 0, 1]] and pos0.tolist() == [[0, 1, 2], [0, 0, 0]]
+    with pytest.raises(ValueError, match="prefix must be the cached prefix length"):
+        scoring.collate_left([[5]], pad_id=0, prefix=-1)

@@ -114,11 +114,9 @@ class Candidates:
         pos = np.arange(off[-1]) - np.repeat(off[:-1] - a, counts)
         return off, self._excl_items[pos]
 
-    def history(self, slot: int, length: int | None = None) -> np.ndarray:
-        """The user's latest `length` (None: all) liked items of the known splits, oldest first."""
+    def history(self, slot: int, length: int) -> np.ndarray:
+        """The user's latest `length` liked items of the known splits, oldest first."""
         h = self._hist_items[self._hist_off[slot]:self._hist_off[slot + 1]]
-        if length is None:
-            return h
         return h[max(len(h) - length, 0):] if length > 0 else h[:0]
 
     def retrieve(self, slots: np.ndarray, n: int, method: str = "codes") -> RecLists:

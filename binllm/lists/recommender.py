@@ -70,10 +70,17 @@ class Recommender:
                 "the prompt code book. `binllm run` on the folder trains the retrieval codes, keeping everything else.")
         self.candidates = Candidates(self.prep, self.codebook, self.retrieval_codebook, self.codes_source,
                                      include_valid, run)
-        #: train positives of each catalogue item: the popularity list and the tie order of code scores
-        self.popularity = self.candidates.popularity
-        self.n_items = self.candidates.n_items
         self._rerankers: dict[str, Reranker] = {}
+
+    @property
+    def popularity(self) -> np.ndarray:
+        """Train positives of each catalogue item: the popularity list and the tie order of code scores."""
+        return self.candidates.popularity
+
+    @property
+    def n_items(self) -> int:
+        """Catalogue size (item slots 1..; 0 is padding)."""
+        return self.candidates.n_items
 
     # the jobs, each in its own class
 
@@ -85,7 +92,7 @@ class Recommender:
         """:meth:`Candidates.exclusions`: CSR of the excluded items of user slots."""
         return self.candidates.exclusions(slots)
 
-    def history(self, slot: int, length: int | None = None) -> np.ndarray:
+    def history(self, slot: int, length: int) -> np.ndarray:
         """:meth:`Candidates.history`: the user's latest liked items of the known splits."""
         return self.candidates.history(slot, length)
 

@@ -63,12 +63,11 @@ class Reranker:
         self.max_length = int(meta.get("max_length", 1024))
         self.scorer = PrefixScorer(model, self.tokenizer, batch_size=batch_size)
 
-    def candidate_ids(self, history: np.ndarray, slot: int, items: np.ndarray) -> list[list[int]]:
-        """Token ids of the prompts of one user's candidates, `history` (liked items, oldest first)
-        capped to fit the adapter's max length."""
+    def candidate_ids(self, hist: np.ndarray, slot: int, items: np.ndarray) -> list[list[int]]:
+        """Token ids of the prompts of one user's candidates; `hist`: the user's latest liked items
+        (at most ``prompt.max_titles``, oldest first), capped further to fit the adapter's max length."""
         from binllm.llm import scoring
 
-        hist = history[max(len(history) - self.prompt.max_titles, 0):] if self.prompt.max_titles > 0 else history[:0]
         u = np.full(len(items), slot)
 
         def build(pos: np.ndarray, caps: np.ndarray) -> list[str]:
@@ -77,10 +76,11 @@ class Reranker:
         ids, _ = scoring.fit_prompts(self.tokenizer, build, len(items), self.prompt.max_titles, self.max_length)
         return ids
 
-    def rerank(self, lists: RecLists, k: int, history: Callable[[int], np.ndarray],
+    def rerank(self, lists: RecLists, k: int, history: Callable[[int, int], np.ndarray],
                users_per_pass: int = 64) -> RecLists:
         """Re-orders each user's candidates by the adapter's Yes-logit and keeps the top k
-        (ties: retrieval score, then retrieval rank); `history(slot)` gives a user's liked items."""
+        (ties: retrieval score, then retrieval rank); `history(slot, n)` gives a user's latest n liked
+        items (:meth:`binllm.lists.candidates.Candidates.history`)."""
         q, n = lists.items.shape
         llm = np.full((q, n), -np.inf, np.float32)
         for a in range(0, q, users_per_pass):
@@ -89,7 +89,7 @@ class Reranker:
                 ok = np.flatnonzero(lists.items[r] > 0)
                 if len(ok):
                     slot = int(lists.users[r])
-                    groups.append(self.candidate_ids(history(slot), slot, lists.items[r, ok]))
+                    groups.append(self.candidate_ids(history(slot, self.prompt.max_titles), slot, lists.items[r, ok]))
                     where.append((r, ok))
             scores = self.scorer.score_groups(groups, progress=self.progress, desc=f"re-rank ({self.method})")
             for (r, ok), s in zip(where, scores):

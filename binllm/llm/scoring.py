@@ -296,6 +296,8 @@ def collate_left(batch_ids: Sequence[Sequence[int]], pad_id: int, prefix: int = 
     prompt's first token. Padded places get the first real position (never read: masked as keys)."""
     import torch
 
+    if isinstance(prefix, bool) or not isinstance(prefix, int) or prefix < 0:
+        raise ValueError(f"prefix must be the cached prefix length, an integer >= 0; got {prefix!r}")
     width = max(len(x) for x in batch_ids)
     ids = torch.full((len(batch_ids), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(batch_ids), prefix + width), dtype=torch.long)
